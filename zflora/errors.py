@@ -1,0 +1,9 @@
+"""The one exception users see: a ValueError whose message names the culprit and the fix."""
+
+
+class ZFLoRAError(ValueError):
+    """A problem the user caused (bad argument, wrong file, mismatched adapter).
+
+    The message says what is wrong and what to do instead; the CLI prints it as one
+    line and exits non-zero, without a traceback.
+    """
