@@ -1,11 +1,11 @@
 """zflora: zero-latency fused low-rank adapters (zFLoRA) for transformers causal LMs.
 
-    import zflora
-    zm = zflora.get_zflora_model(model, zflora.ZFLoRAConfig(r=16, blocks=("attn", "mlp")))
-    ...train zm like any HF model...
-    zm.save_adapter("adapters/math")
-    fused = zm.fuse()                       # same class, hidden size d + r, no extra kernels
-    zflora.swap_adapter(fused, "adapters/chat")   # switch tasks in place
+import zflora
+zm = zflora.get_zflora_model(model, zflora.ZFLoRAConfig(r=16, blocks=("attn", "mlp")))
+...train zm like any HF model...
+zm.save_adapter("adapters/math")
+fused = zm.fuse()                       # same class, hidden size d + r, no extra kernels
+zflora.swap_adapter(fused, "adapters/chat")   # switch tasks in place
 """
 
 from .adapter_file import AdapterWeights, read_adapter

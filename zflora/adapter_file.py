@@ -47,9 +47,13 @@ class AdapterWeights:
     source: str = "<memory>"
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AdapterWeights:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> AdapterWeights:
         tensors = {k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()}
-        return AdapterWeights(self.config, self.base_fingerprint, self.base_hidden_size, tensors, self.name, self.source)
+        return AdapterWeights(
+            self.config, self.base_fingerprint, self.base_hidden_size, tensors, self.name, self.source
+        )
 
     def numel(self) -> int:
         return sum(t.numel() for t in self.tensors.values())
@@ -68,7 +72,9 @@ def write_adapter(path: str | Path, weights: AdapterWeights) -> Path:
     tensors = {k: v.detach().contiguous().cpu() for k, v in weights.tensors.items()}
     for key, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
-            raise ZFLoRAError(f"adapter {weights.name!r} has non-finite values in {key}; not saving a broken adapter")
+            raise ZFLoRAError(
+                f"adapter {weights.name!r} has non-finite values in {key}; not saving a broken adapter"
+            )
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "zflora": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -81,14 +87,24 @@ def read_adapter(path: str | Path) -> AdapterWeights:
     if path.is_file() and path.name in (WEIGHTS_NAME, CONFIG_NAME):
         path = path.parent
     if not path.exists():
-        raise ZFLoRAError(f"adapter path {str(path)!r} does not exist; pass the directory written by save_adapter")
+        raise ZFLoRAError(
+            f"adapter path {str(path)!r} does not exist; pass the directory written by save_adapter"
+        )
     if not path.is_dir():
-        raise ZFLoRAError(f"adapter path {str(path)!r} is not a directory; pass the directory written by save_adapter")
+        raise ZFLoRAError(
+            f"adapter path {str(path)!r} is not a directory; pass the directory written by save_adapter"
+        )
     config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     for required in (config_path, weights_path):
         if not required.is_file():
-            hint = " (it looks like a PEFT LoRA adapter, not a zFLoRA one)" if (path / "adapter_config.json").exists() and required == weights_path else ""
-            raise ZFLoRAError(f"adapter directory {str(path)!r} has no {required.name}{hint}; pass a directory written by save_adapter")
+            hint = (
+                " (it looks like a PEFT LoRA adapter, not a zFLoRA one)"
+                if (path / "adapter_config.json").exists() and required == weights_path
+                else ""
+            )
+            raise ZFLoRAError(
+                f"adapter directory {str(path)!r} has no {required.name}{hint}; pass a directory written by save_adapter"
+            )
     meta = _read_meta(config_path)
     try:
         tensors = load_file(str(weights_path))
@@ -99,7 +115,9 @@ def read_adapter(path: str | Path) -> AdapterWeights:
         ) from None
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ZFLoRAError(f"adapter weights {str(weights_path)!r} hold non-finite values in {key}; re-train or re-save it")
+            raise ZFLoRAError(
+                f"adapter weights {str(weights_path)!r} hold non-finite values in {key}; re-train or re-save it"
+            )
     config = ZFLoRAConfig.from_dict(meta["config"], source=str(config_path))
     return AdapterWeights(
         config=config,
@@ -115,7 +133,9 @@ def _read_meta(config_path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ZFLoRAError(f"adapter config {str(config_path)!r} is not valid JSON ({e}); re-save the adapter") from None
+        raise ZFLoRAError(
+            f"adapter config {str(config_path)!r} is not valid JSON ({e}); re-save the adapter"
+        ) from None
     if not isinstance(meta, dict):
         raise ZFLoRAError(f"adapter config {str(config_path)!r} must hold a JSON object; re-save the adapter")
     if meta.get("format") != FORMAT:
@@ -126,7 +146,9 @@ def _read_meta(config_path: Path) -> dict[str, Any]:
         )
     unknown = sorted(set(meta) - set(_FIELDS))
     if unknown:
-        raise ZFLoRAError(f"adapter config {str(config_path)!r} has unknown field(s) {unknown}; re-save the adapter")
+        raise ZFLoRAError(
+            f"adapter config {str(config_path)!r} has unknown field(s) {unknown}; re-save the adapter"
+        )
     for key, kind in _FIELDS.items():
         value = meta.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):

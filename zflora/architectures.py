@@ -65,7 +65,9 @@ def layout_for(model: nn.Module) -> Layout:
     layout = LAYOUTS[model_type]
     for path in (layout.embed, layout.layers, layout.final_norm, layout.lm_head):
         if get_submodule(model, path, required=False) is None:
-            raise ZFLoRAError(f"{name} has no module {path!r}; it does not follow the {model_type} layout zflora expects")
+            raise ZFLoRAError(
+                f"{name} has no module {path!r}; it does not follow the {model_type} layout zflora expects"
+            )
     return layout
 
 

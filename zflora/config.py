@@ -24,7 +24,9 @@ class ZFLoRAConfig:
     r: int = field(default=16, metadata={"help": "adapter rank: extra residual channels (> 0)"})
     blocks: tuple[str, ...] = field(
         default=BLOCKS,
-        metadata={"help": "blocks that read and write the adapter channels: ('attn', 'mlp'), ('attn',) or ('mlp',)"},
+        metadata={
+            "help": "blocks that read and write the adapter channels: ('attn', 'mlp'), ('attn',) or ('mlp',)"
+        },
     )
     init_scale: float = field(
         default=0.02,
@@ -34,7 +36,9 @@ class ZFLoRAConfig:
         default="auto",
         metadata={"help": "adapter parameter dtype: 'auto' (= base weights), float32, bfloat16 or float16"},
     )
-    seed: int | None = field(default=None, metadata={"help": "seed for the readers' init (None: torch's RNG)"})
+    seed: int | None = field(
+        default=None, metadata={"help": "seed for the readers' init (None: torch's RNG)"}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -51,7 +55,9 @@ class ZFLoRAConfig:
         # canonical order, no duplicates: ('mlp', 'attn') and ('attn', 'mlp') are the same adapter
         self.blocks = tuple(b for b in BLOCKS if b in blocks)
         if not isinstance(self.init_scale, (int, float)) or not (0 < float(self.init_scale) < 10):
-            raise ZFLoRAError(f"ZFLoRAConfig.init_scale must be a number in (0, 10), got {self.init_scale!r}; try 0.02")
+            raise ZFLoRAError(
+                f"ZFLoRAConfig.init_scale must be a number in (0, 10), got {self.init_scale!r}; try 0.02"
+            )
         self.init_scale = float(self.init_scale)
         if self.dtype not in DTYPES:
             raise ZFLoRAError(f"ZFLoRAConfig.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
@@ -67,7 +73,9 @@ class ZFLoRAConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "adapter config") -> ZFLoRAConfig:
         """Build a config from JSON data, rejecting unknown fields with a clear message."""
         if not isinstance(data, dict):
-            raise ZFLoRAError(f"{source}: expected a JSON object of ZFLoRAConfig fields, got {type(data).__name__}")
+            raise ZFLoRAError(
+                f"{source}: expected a JSON object of ZFLoRAConfig fields, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

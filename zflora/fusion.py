@@ -82,7 +82,9 @@ def _norm_paths(layout: Layout, num_layers: int) -> list[str]:
 
 
 @torch.no_grad()
-def widen_base(model: nn.Module, base_params: dict[str, torch.Tensor], width: int, meta: dict[str, Any]) -> nn.Module:
+def widen_base(
+    model: nn.Module, base_params: dict[str, torch.Tensor], width: int, meta: dict[str, Any]
+) -> nn.Module:
     """A model of the same class and hidden d + width holding the base weights and zero adapter slices."""
     layout = layout_for(model)
     config = model.config
@@ -133,7 +135,9 @@ def fused_meta(model: nn.Module) -> dict[str, Any]:
     return meta
 
 
-def _stream_end_slices(fused: nn.Module, weights: AdapterWeights, layout: Layout, d: int) -> dict[str, torch.Tensor]:
+def _stream_end_slices(
+    fused: nn.Module, weights: AdapterWeights, layout: Layout, d: int
+) -> dict[str, torch.Tensor]:
     """E @ P for the embedding and W_h @ Q for an untied head, computed once per adapter and model."""
     embed = fused.get_submodule(layout.embed).weight
     key = f"stream-ends:{embed.device}:{embed.dtype}:{id(fused)}"
@@ -162,7 +166,9 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
     d, width = meta["base_hidden_size"], meta["width"]
     weights = read_adapter(adapter) if isinstance(adapter, (str, Path)) else adapter
     if weights is not None and not isinstance(weights, AdapterWeights):
-        raise ZFLoRAError(f"swap_adapter takes an adapter directory, AdapterWeights or None, got {type(adapter).__name__}")
+        raise ZFLoRAError(
+            f"swap_adapter takes an adapter directory, AdapterWeights or None, got {type(adapter).__name__}"
+        )
     if weights is not None:
         if weights.base_fingerprint != meta["base_fingerprint"]:
             raise ZFLoRAError(

@@ -64,8 +64,13 @@ class ZFLoRALayer(nn.Module):
                 del params[name]
 
 
-def _new_param(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype, std: float,
-               generator: torch.Generator | None) -> nn.Parameter:
+def _new_param(
+    shape: tuple[int, ...],
+    like: torch.Tensor,
+    dtype: torch.dtype,
+    std: float,
+    generator: torch.Generator | None,
+) -> nn.Parameter:
     tensor = torch.zeros(shape, dtype=torch.float32)
     if std > 0:
         tensor.normal_(0.0, std, generator=generator)
@@ -79,7 +84,9 @@ class StreamEntry(ZFLoRALayer):
         super().__init__(base, state, d)
         self.P = nn.ParameterDict()
 
-    def add(self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None) -> None:
+    def add(
+        self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None
+    ) -> None:
         self.P[name] = _new_param((self.d, r), self.base.weight, dtype, 0.0, gen)  # writer: zero
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -131,7 +138,9 @@ class Reader(ZFLoRALayer):
         super().__init__(base, state, d)
         self.B = nn.ParameterDict()
 
-    def add(self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None) -> None:
+    def add(
+        self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None
+    ) -> None:
         self.B[name] = _new_param((self.base.out_features, r), self.base.weight, dtype, init_scale, gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,8 +161,12 @@ class Writer(ZFLoRALayer):
         super().__init__(base, state, d)
         self.A = nn.ParameterDict()
 
-    def add(self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None) -> None:
-        self.A[name] = _new_param((r, self.base.in_features), self.base.weight, dtype, 0.0, gen)  # writer: zero
+    def add(
+        self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None
+    ) -> None:
+        self.A[name] = _new_param(
+            (r, self.base.in_features), self.base.weight, dtype, 0.0, gen
+        )  # writer: zero
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.base(z)
@@ -185,7 +198,9 @@ class StreamExit(ZFLoRALayer):
     def tied(self) -> bool:
         return self.entry is not None
 
-    def add(self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None) -> None:
+    def add(
+        self, name: str, r: int, dtype: torch.dtype, init_scale: float, gen: torch.Generator | None
+    ) -> None:
         if not self.tied:
             self.Q[name] = _new_param((self.d, r), self.base.weight, dtype, init_scale, gen)
 

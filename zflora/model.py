@@ -35,12 +35,18 @@ def _dtype_of(config: ZFLoRAConfig, like: torch.Tensor) -> torch.dtype:
 
 
 class ZFLoRAModel(nn.Module):
-    """A causal LM whose residual stream is widened by the active adapter's r channels."""
+    """A causal LM whose residual stream is widened by the active adapter's r channels.
+
+    Attributes it does not define (config, activation_checkpointing_enable, ...) come from
+    the wrapped transformers model, so Trainer and generation code treat it like one.
+    """
 
     def __init__(self, model: nn.Module, config: ZFLoRAConfig, adapter_name: str = "default") -> None:
         super().__init__()
         if any(isinstance(m, ZFLoRALayer) for m in model.modules()):
-            raise ZFLoRAError("this model already carries zFLoRA layers; call add_adapter on its ZFLoRAModel instead")
+            raise ZFLoRAError(
+                "this model already carries zFLoRA layers; call add_adapter on its ZFLoRAModel instead"
+            )
         if not isinstance(config, ZFLoRAConfig):
             raise ZFLoRAError(f"config must be a zflora.ZFLoRAConfig, got {type(config).__name__}")
         self.layout: Layout = layout_for(model)
@@ -67,11 +73,17 @@ class ZFLoRAModel(nn.Module):
         for index, _ in enumerate(model.get_submodule(layout.layers)):
             prefix = f"{layout.layers}.{index}"
             for norm in layout.norms:
-                self._wrap(f"{prefix}.{norm}", None, StreamNorm(model.get_submodule(f"{prefix}.{norm}"), state, d))
+                self._wrap(
+                    f"{prefix}.{norm}", None, StreamNorm(model.get_submodule(f"{prefix}.{norm}"), state, d)
+                )
             for block, path in layout.readers:
-                self._wrap(f"{prefix}.{path}", block, Reader(model.get_submodule(f"{prefix}.{path}"), state, d))
+                self._wrap(
+                    f"{prefix}.{path}", block, Reader(model.get_submodule(f"{prefix}.{path}"), state, d)
+                )
             for block, path in layout.writers:
-                self._wrap(f"{prefix}.{path}", block, Writer(model.get_submodule(f"{prefix}.{path}"), state, d))
+                self._wrap(
+                    f"{prefix}.{path}", block, Writer(model.get_submodule(f"{prefix}.{path}"), state, d)
+                )
         self._wrap(layout.final_norm, None, StreamNorm(model.get_submodule(layout.final_norm), state, d))
         self._wrap(layout.lm_head, None, StreamExit(head, state, d, entry if tied else None))
         self.tied = tied
@@ -106,7 +118,9 @@ class ZFLoRAModel(nn.Module):
         if not isinstance(adapter_name, str) or not _NAME_RE.match(adapter_name):
             raise ZFLoRAError(f"adapter name {adapter_name!r} is invalid; use letters, digits, '_' or '-'")
         if adapter_name in self.adapter_configs:
-            raise ZFLoRAError(f"adapter {adapter_name!r} already exists; pick another name or delete_adapter it first")
+            raise ZFLoRAError(
+                f"adapter {adapter_name!r} already exists; pick another name or delete_adapter it first"
+            )
         if not isinstance(config, ZFLoRAConfig):
             raise ZFLoRAError(f"config must be a zflora.ZFLoRAConfig, got {type(config).__name__}")
         generator = None
@@ -117,7 +131,9 @@ class ZFLoRAModel(nn.Module):
             if id(layer) in seen:
                 continue
             seen.add(id(layer))
-            layer.add(adapter_name, config.r, _dtype_of(config, layer.base.weight), config.init_scale, generator)
+            layer.add(
+                adapter_name, config.r, _dtype_of(config, layer.base.weight), config.init_scale, generator
+            )
         self.adapter_configs[adapter_name] = config
         self._state.ranks[adapter_name] = config.r
         self._update_trainable()
@@ -160,7 +176,10 @@ class ZFLoRAModel(nn.Module):
         """The matrices of one adapter keyed by base module path ('model.layers.0.self_attn.q_proj.B')."""
         name = adapter_name or self._state.active
         self._require(name)
-        return {key: getattr(layer, attr)[name] for key, layer, attr in self._adapter_slots(self.adapter_configs[name])}
+        return {
+            key: getattr(layer, attr)[name]
+            for key, layer, attr in self._adapter_slots(self.adapter_configs[name])
+        }
 
     def adapter_weights(self, adapter_name: str | None = None) -> AdapterWeights:
         name = adapter_name or self._state.active
@@ -177,28 +196,33 @@ class ZFLoRAModel(nn.Module):
         self.check_compatible(weights)
         name = adapter_name or weights.name
         expected = {key: (layer, attr) for key, layer, attr in self._adapter_slots(weights.config)}
-        missing, unexpected = sorted(set(expected) - set(weights.tensors)), sorted(set(weights.tensors) - set(expected))
+        missing, unexpected = (
+            sorted(set(expected) - set(weights.tensors)),
+            sorted(set(weights.tensors) - set(expected)),
+        )
         if missing or unexpected:
             raise ZFLoRAError(
                 f"adapter {weights.source!r} does not match its config (blocks={list(weights.config.blocks)}): "
                 f"missing {missing[:2]}, unexpected {unexpected[:2]}; re-save the adapter"
             )
-        replacing = name in self.adapter_configs
-        if replacing:
-            was_active = self._state.active == name
+        r = weights.config.r
+        for key, (layer, attr) in expected.items():
+            shape = _expected_shape(layer, attr, r)
+            found = tuple(weights.tensors[key].shape)
+            if found != shape:
+                raise ZFLoRAError(
+                    f"adapter {weights.source!r}: {key} has shape {found}, expected {shape} for r={r} on this base; "
+                    "the file and its config disagree, re-save it"
+                )
+        # validated: only now replace an adapter of the same name
+        was_active = self._state.active == name
+        if name in self.adapter_configs:
             self.delete_adapter(name)
         self.add_adapter(name, weights.config)
         with torch.no_grad():
             for key, (layer, attr) in expected.items():
-                target, source = getattr(layer, attr)[name], weights.tensors[key]
-                if tuple(source.shape) != tuple(target.shape):
-                    self.delete_adapter(name)
-                    raise ZFLoRAError(
-                        f"adapter {weights.source!r}: {key} has shape {tuple(source.shape)}, expected "
-                        f"{tuple(target.shape)} for r={weights.config.r} on this base; the file and its config disagree, re-save it"
-                    )
-                target.copy_(source)
-        if replacing and was_active:
+                getattr(layer, attr)[name].copy_(weights.tensors[key])
+        if was_active:
             self.set_adapter(name)
         return name
 
@@ -243,16 +267,15 @@ class ZFLoRAModel(nn.Module):
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-
     def trainable_parameter_count(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, sum(p.numel() for p in self.parameters())
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.trainable_parameter_count()
-        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+        print(
+            f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+        )
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -263,12 +286,22 @@ class ZFLoRAModel(nn.Module):
             return getattr(self.model, name)
 
 
+def _expected_shape(layer: ZFLoRALayer, attr: str, r: int) -> tuple[int, int]:
+    if attr in ("P", "Q"):
+        return (layer.d, r)
+    if attr == "B":
+        return (layer.base.out_features, r)
+    return (r, layer.base.in_features)
+
+
 def _is_adapter_param(name: str) -> bool:
     """Adapter matrices live in ParameterDicts named P, B, A or Q: '<path>.B.<adapter>'."""
     parts = name.split(".")
     return len(parts) >= 2 and parts[-2] in ("P", "B", "A", "Q")
 
 
-def get_zflora_model(model: nn.Module, config: ZFLoRAConfig | None = None, adapter_name: str = "default") -> ZFLoRAModel:
+def get_zflora_model(
+    model: nn.Module, config: ZFLoRAConfig | None = None, adapter_name: str = "default"
+) -> ZFLoRAModel:
     """Wrap a transformers causal LM (Llama, Mistral, Qwen2) with a zFLoRA adapter named `adapter_name`."""
     return ZFLoRAModel(model, config or ZFLoRAConfig(), adapter_name)

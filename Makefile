@@ -1,0 +1,46 @@
+# zflora: two commands on a fresh clone.
+#   make run   install everything, then run the whole pipeline on the embedded default (offline)
+#   make test  install everything, then run every test
+PYTHON ?= python3
+VENV ?= .venv
+# This build machine keeps a CPU wheel of torch on local disk; `pip install torch==2.13.0`
+# takes it instead of a multi-GB CUDA download. Keep your own torch with `make TORCH_SPEC= ...`
+# (the package itself accepts any torch >= 2.4).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run demo test test-fast lint format clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m zflora.demo --out demo_out
+
+demo: install
+	$(BIN)/python -m zflora.demo --out demo_out
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf demo_out .pytest_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""Tiny models and tokenizers built in code: every test runs offline on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
+
+VOCAB = 97
+
+
+def tiny_model(
+    family: str = "llama",
+    tied: bool = True,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    vocab: int = VOCAB,
+):
+    """A randomly initialised causal LM of `family` (grouped-query attention: 4 heads, 2 kv heads)."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }
+    config_cls, model_cls = classes[family]
+    config = config_cls(
+        hidden_size=hidden,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    # spread the random weights a bit so that adapters and bases differ visibly in logits
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.08)
+    return model
+
+
+FAMILIES = [("llama", True), ("llama", False), ("qwen2", True), ("qwen2", False), ("mistral", False)]
+FAMILY_IDS = [f"{f}-{'tied' if t else 'untied'}" for f, t in FAMILIES]
+
+
+@pytest.fixture(params=FAMILIES, ids=FAMILY_IDS)
+def family(request):
+    return request.param
+
+
+def randomize_adapter(zm, std: float = 0.1, seed: int = 1) -> None:
+    """Give every matrix of the active adapter non-zero random values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in zm.adapter_state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+
+def tiny_tokenizer():
+    """A small byte-level BPE tokenizer trained in code, with bos/eos/pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:90],
+    )
+    corpus = ["the cat sat on the mat", "two plus three is five", "hello world", "a b c d e f g"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A saved tiny Llama base model (tied) with its tokenizer, as a normal HF directory."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("llama", tied=True, vocab=max(VOCAB, len(tokenizer)))
+    path = tmp_path / "base"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()

@@ -1,0 +1,178 @@
+"""The `zflora` command line: fuse, swap, generate, tasks, profile.
+
+    zflora fuse --base models/base --adapter adapters/math --out models/fused-math
+    zflora swap --model models/fused-math --adapter adapters/chat      # in place; `none` -> base
+    zflora generate --model models/fused-math --prompt "Q: 2+3? A:"
+    zflora generate --model models:/zflora-tiny-math@latest --prompt "..."
+
+User errors print one line (`zflora: error: ...`) and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import ZFLoRAError
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from .adapter_file import read_adapter
+    from .atomic import atomic_dir
+    from .loading import load_causal_lm
+    from .model import get_zflora_model
+
+    weights = read_adapter(args.adapter)  # validate the adapter before loading a large base
+    base, tokenizer = load_causal_lm(args.base, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    zm = get_zflora_model(base, weights.config, adapter_name=weights.name)
+    zm.load_adapter(weights)
+    fused = (
+        zm.fuse(weights.name) if args.pad_multiple == 1 else _fuse_padded(zm, weights.name, args.pad_multiple)
+    )
+    with atomic_dir(args.out) as tmp:
+        fused.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    meta = fused.config.zflora
+    print(
+        f"fused adapter {weights.name!r} (r={weights.config.r}, blocks={'+'.join(weights.config.blocks)}) into "
+        f"{type(fused).__name__} hidden {meta['base_hidden_size']} -> {fused.config.hidden_size}: {args.out}"
+    )
+    return 0
+
+
+def _fuse_padded(zm, name: str, multiple: int):
+    from .fusion import fuse_adapter
+
+    return fuse_adapter(zm, name, multiple=multiple)
+
+
+def _cmd_swap(args: argparse.Namespace) -> int:
+    from .atomic import atomic_dir
+    from .fusion import fused_meta, swap_adapter
+    from .loading import check_model_dir, load_causal_lm
+
+    check_model_dir(args.model)
+    adapter = None if args.adapter.lower() == "none" else args.adapter
+    model, tokenizer = load_causal_lm(args.model, trust_remote_code=args.trust_remote_code)
+    fused_meta(model)
+    swap_adapter(model, adapter)
+    out = args.out or args.model
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    print(f"{out}: now serves adapter {model.config.zflora['adapter'] or '(none: base model)'}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import generate_text, load_for_generation
+
+    model, tokenizer = load_for_generation(
+        args.model, args.adapter, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
+    prompts = args.prompt
+    completions = generate_text(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
+    for prompt, completion in zip(prompts, completions):
+        if len(prompts) > 1:
+            print(f"--- {prompt}")
+        print(completion)
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model code from the hub (off by default: it runs arbitrary code)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zflora", description="Zero-latency fused low-rank adapters (zFLoRA)."
+    )
+    parser.add_argument("--version", action="version", version=f"zflora {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fuse = sub.add_parser(
+        "fuse", help="fold an adapter into its base: a standard model with hidden size d + r"
+    )
+    fuse.add_argument(
+        "--base", required=True, help="base model directory (or hub id) the adapter was trained on"
+    )
+    fuse.add_argument("--adapter", required=True, help="adapter directory written by save_adapter")
+    fuse.add_argument("--out", required=True, help="output directory (written atomically)")
+    fuse.add_argument("--dtype", default=None, help="load the base in this dtype: float32, bfloat16, float16")
+    fuse.add_argument(
+        "--pad-multiple", type=int, default=1, help="pad the fused width to a multiple of this (alignment)"
+    )
+    _common(fuse)
+    fuse.set_defaults(func=_cmd_fuse)
+
+    swap = sub.add_parser("swap", help="switch a fused model's adapter in place (O(adapter size))")
+    swap.add_argument("--model", required=True, help="fused model directory")
+    swap.add_argument(
+        "--adapter", required=True, help="adapter directory, or 'none' for the exact base model"
+    )
+    swap.add_argument("--out", default=None, help="write here instead of replacing --model")
+    _common(swap)
+    swap.set_defaults(func=_cmd_swap)
+
+    generate = sub.add_parser(
+        "generate", help="greedy generation from a model directory or an MLflow models:/ URI"
+    )
+    generate.add_argument("--model", required=True, help="model directory, hub id, or models:/<name>@<alias>")
+    generate.add_argument("--adapter", default=None, help="optional zFLoRA adapter directory to apply first")
+    generate.add_argument("--prompt", required=True, action="append", help="prompt text (repeat for a batch)")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    _common(generate)
+    generate.set_defaults(func=_cmd_generate)
+
+    for register in _optional_parsers():
+        register(sub)
+    return parser
+
+
+def _optional_parsers() -> list[Callable]:
+    """Subcommands that live with their modules (tasks, profile)."""
+    registers = []
+    try:
+        from .data import add_tasks_parser
+
+        registers.append(add_tasks_parser)
+    except ImportError:  # pragma: no cover - module absent in a partial install
+        pass
+    try:
+        from .profiling import add_profile_parser
+
+        registers.append(add_profile_parser)
+    except ImportError:  # pragma: no cover
+        pass
+    return registers
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ZFLoRAError as e:
+        print(f"zflora: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zflora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
