@@ -18,34 +18,21 @@ from .errors import ZFLoRAError
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from .adapter_file import read_adapter
-    from .atomic import atomic_dir
-    from .loading import load_causal_lm
-    from .model import get_zflora_model
+    from .export import fuse_to_directory
 
-    weights = read_adapter(args.adapter)  # validate the adapter before loading a large base
-    base, tokenizer = load_causal_lm(args.base, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    zm = get_zflora_model(base, weights.config, adapter_name=weights.name)
-    zm.load_adapter(weights)
-    fused = (
-        zm.fuse(weights.name) if args.pad_multiple == 1 else _fuse_padded(zm, weights.name, args.pad_multiple)
+    summary = fuse_to_directory(
+        args.base,
+        args.adapter,
+        args.out,
+        dtype=args.dtype,
+        pad_multiple=args.pad_multiple,
+        trust_remote_code=args.trust_remote_code,
     )
-    with atomic_dir(args.out) as tmp:
-        fused.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    meta = fused.config.zflora
     print(
-        f"fused adapter {weights.name!r} (r={weights.config.r}, blocks={'+'.join(weights.config.blocks)}) into "
-        f"{type(fused).__name__} hidden {meta['base_hidden_size']} -> {fused.config.hidden_size}: {args.out}"
+        f"fused adapter {summary['adapter']!r} (r={summary['r']}, blocks={'+'.join(summary['blocks'])}) into "
+        f"{summary['architecture']} hidden {summary['base_hidden_size']} -> {summary['fused_hidden_size']}: {args.out}"
     )
     return 0
-
-
-def _fuse_padded(zm, name: str, multiple: int):
-    from .fusion import fuse_adapter
-
-    return fuse_adapter(zm, name, multiple=multiple)
 
 
 def _cmd_swap(args: argparse.Namespace) -> int:

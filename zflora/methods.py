@@ -84,8 +84,11 @@ def prepare(
     return get_zflora_model(model, config)
 
 
-def save_trained(method: str, model: nn.Module, out_dir: str | Path) -> Path:
-    """Save what a trained method needs to be rebuilt on its base: an adapter, or full weights for fft."""
+def save_trained(method: str, model: nn.Module, out_dir: str | Path, tokenizer=None) -> Path:
+    """Save what a trained method needs to be rebuilt on its base: an adapter, or full weights for fft.
+
+    Written atomically; `tokenizer` is stored next to full weights (fft) so they load alone.
+    """
     check_method(method)
     out_dir = Path(out_dir)
     if method == "base":
@@ -96,6 +99,8 @@ def save_trained(method: str, model: nn.Module, out_dir: str | Path) -> Path:
 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
+        if method == "fft" and tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return out_dir
 
 

@@ -214,11 +214,14 @@ class ZFLoRAModel(nn.Module):
                     f"adapter {weights.source!r}: {key} has shape {found}, expected {shape} for r={r} on this base; "
                     "the file and its config disagree, re-save it"
                 )
-        # validated: only now replace an adapter of the same name
+        # validated: only now replace an adapter of the same name. With the same config the
+        # values are copied into the existing parameters, so an optimiser holding them (a
+        # Trainer resuming from a checkpoint) keeps working.
         was_active = self._state.active == name
-        if name in self.adapter_configs:
+        if name in self.adapter_configs and self.adapter_configs[name] != weights.config:
             self.delete_adapter(name)
-        self.add_adapter(name, weights.config)
+        if name not in self.adapter_configs:
+            self.add_adapter(name, weights.config)
         with torch.no_grad():
             for key, (layer, attr) in expected.items():
                 getattr(layer, attr)[name].copy_(weights.tensors[key])

@@ -1,0 +1,51 @@
+"""`evaluate` stage (matrix task x method): accuracy of one method on one task's test split.
+
+python -m flows.evaluate --task embedded-math --method zflora [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from tasks.evaluation import evaluate
+from tasks.io import write_json
+from tasks.tracking import stage_run
+
+from .layout import BASE, METRICS, data_dir, eval_dir, train_dir
+from .stage import params_of, parser, run, user_errors_fail
+
+
+@flow(name="zflora-evaluate", log_prints=True)
+@user_errors_fail
+def evaluate_flow(task: str, method: str, params_path: str = "params.yaml") -> dict:
+    params = params_of(params_path)
+    logged = {"evaluate": params.evaluate.model_dump(mode="json")}
+    with stage_run("evaluate", params.tracking.experiment, logged, tags={"task": task, "method": method}):
+        result = evaluate(
+            task,
+            method,
+            str(BASE),
+            str(data_dir(task)),
+            str(train_dir(task, method)),
+            str(eval_dir(task, method)),
+            params.evaluate.model_dump(mode="json"),
+            params.model.dtype,
+        )
+    write_json(METRICS / "eval" / task / f"{method}.json", result)
+    score = {k: round(v, 4) for k, v in result.items() if k in ("accuracy", "rouge1", "rouge2", "rougeL")}
+    print(f"{task}/{method}: {score} (forms agree on {100 * result['prediction_agreement']:.0f}%)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--method", required=True)
+    args = p.parse_args(argv)
+    return run(evaluate_flow, args, task=args.task, method=args.method)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

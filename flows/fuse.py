@@ -1,0 +1,66 @@
+"""`fuse` stage (one per task): export the task's zFLoRA adapter as a standard checkpoint
+of hidden size d + r and register it in the MLflow model registry.
+
+    python -m flows.fuse --task embedded-math [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from tasks.base import base_model_ref
+from tasks.fusion import fuse, register
+from tasks.io import write_json
+from tasks.tracking import stage_run
+
+from .layout import BASE, METRICS, fused_dir, train_dir
+from .stage import params_of, parser, run, user_errors_fail
+
+
+@flow(name="zflora-fuse", log_prints=True)
+@user_errors_fail
+def fuse_flow(task: str, params_path: str = "params.yaml") -> dict:
+    params = params_of(params_path)
+    logged = {
+        "fuse": params.fuse.model_dump(mode="json"),
+        "tracking": params.tracking.model_dump(mode="json"),
+    }
+    with stage_run(
+        "fuse", params.tracking.experiment, logged, tags={"task": task, "method": "zflora"}
+    ) as run_info:
+        summary = fuse(
+            base_model_ref(BASE),
+            str(train_dir(task, "zflora")),
+            str(fused_dir(task)),
+            params.fuse.pad_multiple,
+            params.model.dtype,
+            params.model.trust_remote_code,
+        )
+        if params.fuse.register_model:
+            name = params.registered_model_name(task)
+            tags = {
+                "task": task,
+                "base": params.model.name,
+                "r": str(summary["r"]),
+                "run_id": run_info.info.run_id,
+            }
+            summary["registered"] = register(str(fused_dir(task)), name, params.tracking.alias, tags)
+            print(f"registered {summary['registered']['uri']} (version {summary['registered']['version']})")
+    write_json(METRICS / "fuse" / f"{task}.json", summary)
+    print(
+        f"{task}: fused hidden {summary['base_hidden_size']} -> {summary['fused_hidden_size']} -> {fused_dir(task)}"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--task", required=True)
+    args = p.parse_args(argv)
+    return run(fuse_flow, args, task=args.task)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

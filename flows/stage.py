@@ -1,0 +1,110 @@
+"""What every stage entry point shares: argument parsing, params, the Prefect API, exit codes.
+
+A user error (bad params, a wrong path, a mismatched adapter) ends the stage with one
+line, `zflora: error: ...`, exit status 2 and no traceback: the flow returns a Failed
+state instead of raising, and Prefect's log handlers drop the traceback of a ZFLoRAError.
+A bug still shows its traceback and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from zflora.errors import ZFLoRAError
+
+from .params import DEFAULT_PARAMS, Params, load_params
+
+
+class _UserErrorFilter(logging.Filter):
+    """Prefect logs task and flow failures with a traceback; for user errors one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ZFLoRAError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_user_errors() -> None:
+    user_filter = _UserErrorFilter()
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.startswith("prefect")
+    ]
+    for logger in [logging.getLogger("prefect"), *loggers]:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, _UserErrorFilter) for f in handler.filters):
+                handler.addFilter(user_filter)
+
+
+def user_errors_fail(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a flow body: a ZFLoRAError becomes a Failed state with its message (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from prefect.states import Failed
+
+        try:
+            return fn(*args, **kwargs)
+        except ZFLoRAError as e:
+            return Failed(message=str(e), data=e)
+
+    return wrapper
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    return p
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"zflora: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(flow: Any, args: argparse.Namespace, **parameters: Any) -> int:
+    """Validate params, make sure a Prefect API answers, run `flow`, map its state to an exit code."""
+    try:
+        load_params(args.params)  # fail fast, before any server or model work
+        from .server import ensure_api
+
+        api_url = ensure_api()
+    except ZFLoRAError as e:
+        return fail(str(e))
+    quiet_user_errors()
+    state = run_with_api(flow, api_url, params_path=args.params, **parameters)
+    if state.is_completed():
+        return 0
+    error = state.data if isinstance(state.data, ZFLoRAError) else None
+    if error is None:
+        try:
+            error = state.result(raise_on_failure=False)
+        except Exception as e:  # noqa: BLE001 - the state's own error is what we report
+            error = e
+    if isinstance(error, ZFLoRAError):
+        return fail(str(error))
+    return fail(f"stage failed: {state.message}", code=1)
+
+
+def run_with_api(flow: Any, api_url: str | None, **parameters: Any) -> Any:
+    """Run `flow` against `api_url` (Prefect read its settings at import, so override them here)."""
+    if api_url is None:
+        return flow(**parameters, return_state=True)
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = api_url  # Prefect's background workers read the environment
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return flow(**parameters, return_state=True)
+
+
+def params_of(params_path: str) -> Params:
+    return load_params(params_path)

@@ -1,0 +1,73 @@
+"""`train` stage (matrix task x method): fine-tune one method on one task.
+
+    python -m flows.train --task embedded-math --method zflora [--params params.yaml]
+
+Checkpoints go to work/checkpoints/<task>/<method> every `train.save_steps`; rerunning a
+killed stage resumes from the last complete one. Under `torchrun --nproc_per_node N` the
+same entry point trains with DDP (HF Trainer); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from prefect import flow
+
+from tasks.io import write_json
+from tasks.tracking import stage_run
+from tasks.training import train
+
+from .layout import BASE, METRICS, checkpoint_dir, data_dir, train_dir
+from .stage import params_of, parser, run, user_errors_fail
+
+
+@flow(name="zflora-train", log_prints=True)
+@user_errors_fail
+def train_flow(task: str, method: str, params_path: str = "params.yaml") -> dict:
+    params = params_of(params_path)
+    if method not in params.train.methods:
+        from zflora.errors import ZFLoRAError
+
+        raise ZFLoRAError(
+            f"method {method!r} is not in train.methods {params.train.methods} of {params_path}"
+        )
+    logged = {
+        "train": params.train.model_dump(mode="json"),
+        "adapter": params.adapter.model_dump(mode="json"),
+    }
+    with stage_run("train", params.tracking.experiment, logged, tags={"task": task, "method": method}):
+        summary = train(
+            task,
+            method,
+            str(BASE),
+            str(data_dir(task)),
+            str(train_dir(task, method)),
+            str(checkpoint_dir(task, method)),
+            params.train.model_dump(mode="json"),
+            params.adapter.model_dump(mode="json"),
+            params.model.model_dump(mode="json"),
+        )
+    if int(os.environ.get("RANK", "0")) == 0:
+        curve = summary.pop("loss_curve", [])
+        write_json(
+            METRICS / "train" / task / f"{method}.json",
+            {k: v for k, v in summary.items() if k != "base_fingerprint"},
+        )
+        write_json(METRICS / "train" / task / f"{method}-loss.json", curve)
+        print(
+            f"{task}/{method}: {summary.get('steps', 0)} steps, final loss {summary.get('final_loss', '-')} -> {train_dir(task, method)}"
+        )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--method", required=True)
+    args = p.parse_args(argv)
+    return run(train_flow, args, task=args.task, method=args.method)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The `prepare` stage's task: materialise a task's train and test examples as JSONL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from zflora.atomic import atomic_dir
+from zflora.data import get_task
+from zflora.errors import ZFLoRAError
+
+from .io import write_examples
+from .tracking import log_json_artifact, log_numeric_metrics
+
+
+def _options(task_name: str, data_params: dict[str, Any], size: int) -> dict[str, Any]:
+    spec = get_task(task_name)
+    if spec.source == "embedded":
+        return {"n": size, "seed": data_params["seed"]}
+    options: dict[str, Any] = {"limit": size}
+    if data_params.get("data_dir"):
+        options["data_dir"] = str(Path(data_params["data_dir"]) / task_name)
+    return options
+
+
+@task(name="prepare-task-data")
+def prepare_task(task_name: str, data_params: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Write train.jsonl and test.jsonl (and stats.json) for one task; returns the stats."""
+    import mlflow
+
+    spec = get_task(task_name)
+    train = spec.load("train", **_options(task_name, data_params, data_params["train_size"]))
+    test = spec.load("test", **_options(task_name, data_params, data_params["test_size"]))
+    if not train or not test:
+        empty = "train" if not train else "test"
+        raise ZFLoRAError(
+            f"task {task_name!r} has an empty {empty} split; check its data files or sizes in params.yaml"
+        )
+    overlap = len({e.prompt for e in test} & {e.prompt for e in train})
+    stats = {
+        "task": task_name,
+        "category": spec.category,
+        "metric": spec.metric,
+        "source": spec.source,
+        "train_examples": len(train),
+        "test_examples": len(test),
+        "test_prompts_seen_in_train": overlap,
+        "mean_prompt_chars": round(sum(len(e.prompt) for e in train) / len(train), 1),
+        "mean_target_chars": round(sum(len(e.target) for e in train) / len(train), 1),
+    }
+    with atomic_dir(out_dir) as tmp:
+        write_examples(tmp / "train.jsonl", train)
+        write_examples(tmp / "test.jsonl", test)
+        import json
+
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    log_numeric_metrics(stats)
+    log_json_artifact(stats, "stats.json")
+    mlflow.log_artifact(str(Path(out_dir) / "test.jsonl"), artifact_path="data")
+    return stats

@@ -1,0 +1,56 @@
+"""Small file helpers shared by the tasks: JSON / JSONL in and out, atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from zflora.atomic import atomic_file
+from zflora.data import Example
+from zflora.errors import ZFLoRAError
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(data, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ZFLoRAError(f"{what} {str(path)!r} is missing; run the stage that produces it (dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ZFLoRAError(
+            f"{what} {str(path)!r} is not valid JSON ({e}); rerun the stage that produces it"
+        ) from None
+
+
+def write_examples(path: Path, examples: list[Example]) -> None:
+    with open(path, "w") as handle:
+        for example in examples:
+            handle.write(json.dumps(dataclasses.asdict(example)) + "\n")
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise ZFLoRAError(
+            f"examples file {str(path)!r} is missing; run the prepare stage (dvc repro prepare)"
+        )
+    examples = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(Example(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise ZFLoRAError(
+                    f"{path}:{number} is not an example row ({e}); rerun the prepare stage"
+                ) from None
+    return examples
