@@ -19,6 +19,8 @@ from zflora.errors import ZFLoRAError
 
 from .params import DEFAULT_PARAMS, Params, load_params
 
+USER_ERROR = "UserError"  # name of the Failed state a user error ends a flow run in
+
 
 class _UserErrorFilter(logging.Filter):
     """Prefect logs task and flow failures with a traceback; for user errors one line is enough."""
@@ -53,7 +55,7 @@ def user_errors_fail(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ZFLoRAError as e:
-            return Failed(message=str(e), data=e)
+            return Failed(name=USER_ERROR, message=str(e))
 
     return wrapper
 
@@ -80,16 +82,15 @@ def run(flow: Any, args: argparse.Namespace, **parameters: Any) -> int:
         return fail(str(e))
     quiet_user_errors()
     state = run_with_api(flow, api_url, params_path=args.params, **parameters)
+    return exit_code(state)
+
+
+def exit_code(state: Any) -> int:
+    """0 when completed; 2 with the one-line message of a user error; 1 for anything else."""
     if state.is_completed():
         return 0
-    error = state.data if isinstance(state.data, ZFLoRAError) else None
-    if error is None:
-        try:
-            error = state.result(raise_on_failure=False)
-        except Exception as e:  # noqa: BLE001 - the state's own error is what we report
-            error = e
-    if isinstance(error, ZFLoRAError):
-        return fail(str(error))
+    if state.name == USER_ERROR:
+        return fail(state.message)
     return fail(f"stage failed: {state.message}", code=1)
 
 

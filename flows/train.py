@@ -66,7 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", required=True)
     p.add_argument("--method", required=True)
     args = p.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # torchrun / accelerate: the other ranks join the same Trainer (DDP) without a
+        # Prefect flow run or MLflow run of their own; rank 0 orchestrates and logs
+        from .stage import exit_code
+
+        return exit_code(
+            _as_state(train_flow.fn(task=args.task, method=args.method, params_path=args.params))
+        )
     return run(train_flow, args, task=args.task, method=args.method)
+
+
+def _as_state(result):
+    from prefect.states import Completed, State
+
+    return result if isinstance(result, State) else Completed()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a torchrun / accelerate launch: only rank 0 logs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def project_root() -> Path:
     return Path(os.environ.get("ZFLORA_PROJECT_ROOT") or os.getcwd()).resolve()
 
@@ -86,6 +91,9 @@ def stage_run(
     stage: str, experiment: str, params: dict[str, Any], tags: dict[str, str] | None = None
 ) -> Iterator[Any]:
     """An MLflow run for one stage: params logged, tags set; FAILED if the block raises."""
+    if not is_main_process():
+        yield None
+        return
     import mlflow
 
     setup_mlflow(experiment)
@@ -106,6 +114,8 @@ def stage_run(
 
 
 def log_json_artifact(data: Any, name: str, artifact_path: str | None = None) -> None:
+    if not is_main_process():
+        return
     import tempfile
 
     import mlflow
@@ -122,6 +132,8 @@ def log_numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
 
     import mlflow
 
+    if not is_main_process():
+        return
     flat = {f"{prefix}{k}": v for k, v in flatten(metrics).items()}
     numeric = {
         k.replace("@", "_"): float(v)

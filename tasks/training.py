@@ -12,7 +12,7 @@ from zflora.train import TrainSettings, train_method
 
 from .base import base_model_ref
 from .io import read_examples, read_json, write_json
-from .tracking import log_json_artifact, log_numeric_metrics
+from .tracking import is_main_process, log_json_artifact, log_numeric_metrics
 
 MANIFEST = "method.json"
 TRAIN_FIELDS = (
@@ -84,6 +84,8 @@ def train(
         trust_remote_code=model_params["trust_remote_code"],
     )
     curve = metrics.pop("loss_curve")
+    if not is_main_process():  # DDP: rank 0 saves and logs
+        return {**metrics, "task": task_name}
     for step, loss in curve:
         mlflow.log_metric("train_loss", loss, step=int(step))
     summary = {

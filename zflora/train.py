@@ -205,6 +205,21 @@ def _prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
     return None
 
 
+def _await_work_dir(work_dir: Path, fingerprint: str, timeout_s: float = 120.0) -> Path | None:
+    """Other DDP ranks: wait until rank 0 has prepared the work directory, then resume from the same point."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((work_dir / "run.json").read_text()).get("fingerprint") == fingerprint:
+                return last_complete_checkpoint(work_dir)
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.2)
+    raise ZFLoRAError(
+        f"rank {os.environ.get('RANK')}: rank 0 did not prepare {work_dir} within {timeout_s:.0f} s"
+    )
+
+
 def train_method(
     base_path: str | Path,
     examples: list[Any],
@@ -231,7 +246,11 @@ def train_method(
         raise ZFLoRAError(f"base model {str(base_path)!r} has no tokenizer; save one next to it")
     model = prepare(settings.method, model, r=settings.r, lora_alpha=settings.lora_alpha, seed=settings.seed)
     dataset = SupervisedDataset(examples, tokenizer, settings.max_seq_len)
-    resume = _prepare_work_dir(work_dir, run_fingerprint(str(base_path), examples, settings))
+    fingerprint = run_fingerprint(str(base_path), examples, settings)
+    if int(os.environ.get("RANK", "0")) == 0:
+        resume = _prepare_work_dir(work_dir, fingerprint)
+    else:
+        resume = _await_work_dir(work_dir, fingerprint)
 
     args = TrainingArguments(
         output_dir=str(work_dir),

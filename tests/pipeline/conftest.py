@@ -1,0 +1,139 @@
+"""A throwaway copy of the project running the smoke params, with its own Prefect server.
+
+The session fixture `pipeline_run` does what a user does from the Prefect UI: serve the
+deployments (`python -m flows.serve`), trigger `zflora-pipeline/pipeline` through the API
+with a parameter override, and wait. Later tests inspect what that run left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Project:
+    root: Path
+    env: dict[str, str]
+    seconds: float = 0.0
+    result: dict | None = None
+
+    def run(
+        self, *cmd: str, timeout: float = 600, check: bool = True, **kwargs
+    ) -> subprocess.CompletedProcess:
+        out = subprocess.run(
+            list(cmd), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            )
+        return out
+
+
+def copy_project(dest: Path, params: str = "configs/smoke.yaml") -> Project:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        source = ROOT / name
+        if source.is_file() and not name.startswith(("tests/", "reports/", "benchmarks/results")):
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    shutil.copy(ROOT / params, dest / "params.yaml")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DVC_", "ZFLORA_"))
+    }
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PREFECT_HOME=str(dest / ".prefect"),
+        ZFLORA_PREFECT_PORT=str(free_port()),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=str(dest),
+        GIT_AUTHOR_NAME="zflora tests",
+        GIT_AUTHOR_EMAIL="tests@zflora.invalid",
+        GIT_COMMITTER_NAME="zflora tests",
+        GIT_COMMITTER_EMAIL="tests@zflora.invalid",
+    )
+    project = Project(dest, env)
+    project.run("git", "init", "-q")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-q", "-m", "project under test")
+    return project
+
+
+TRIGGER = """
+import json, sys
+from prefect.deployments import run_deployment
+run = run_deployment("zflora-pipeline/pipeline", parameters={"set_params": {"evaluate.batch_size": 4}}, timeout=1500)
+print(json.dumps({"state": run.state.type.value, "message": run.state.message}))
+"""
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """Serve the deployments, trigger the pipeline through the Prefect API (as the UI does), wait."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    url = (
+        project.run(sys.executable, "-m", "flows.server", "start", timeout=300)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    env = {**project.env, "PREFECT_API_URL": f"{url}/api"}
+    project.env = env
+    log = open(project.root / "serve.log", "w")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.serve"], cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while (
+            "zflora-pipeline/pipeline"
+            not in project.run(str(BIN / "prefect"), "deployment", "ls", check=False).stdout
+        ):
+            assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "deployments were not served"
+            time.sleep(2)
+        start = time.perf_counter()
+        out = project.run(sys.executable, "-c", TRIGGER, timeout=1800)
+        project.seconds = time.perf_counter() - start
+        project.result = json.loads(out.stdout.strip().splitlines()[-1])
+        yield project
+    finally:
+        serve.terminate()
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        log.close()
+        subprocess.run(
+            [sys.executable, "-m", "flows.server", "stop"],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
