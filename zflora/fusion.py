@@ -192,6 +192,13 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
                 f"missing {missing[:2]}, unexpected {unexpected[:2]}; re-save the adapter"
             )
 
+    # like PEFT's safe merge: check every value before the first write, so a broken adapter
+    # leaves the model exactly as it was
+    ends = _stream_end_slices(fused, weights, layout, d) if weights is not None else {}
+    for key, tensor in [*tensors.items(), *ends.items()]:
+        if not torch.isfinite(tensor).all():
+            raise ZFLoRAError(f"adapter {weights.source!r} has non-finite values in {key}; not fusing it (re-train it)")
+
     def put(target: torch.Tensor, value: torch.Tensor | None, dim: int) -> None:
         """`target` holds the adapter channels along `dim`: write `value` into the first r, zero the rest."""
         if value is None:
@@ -207,7 +214,6 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
             )
         target.copy_(value)
 
-    ends = _stream_end_slices(fused, weights, layout, d) if weights is not None else {}
     put(fused.get_submodule(layout.embed).weight[:, d:], ends.get("embed"), 1)
     if not meta["tied"]:
         put(fused.get_submodule(layout.lm_head).weight[:, d:], ends.get("head"), 1)
