@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run demo test test-fast lint format clean
+.PHONY: install run demo test test-fast lint format clean stop prefect-ui mlflow-ui serve
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP)
 
+# The whole pipeline on the embedded default: DVC runs each stage as a Prefect flow and
+# every stage logs to MLflow (sqlite:///mlflow.db). Stages share a local Prefect server
+# on 127.0.0.1:4200 that the first stage starts and that keeps running for its UI.
 run: install
-	$(BIN)/python -m zflora.demo --out demo_out
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@$(BIN)/python -m flows.summary
 
 demo: install
 	$(BIN)/python -m zflora.demo --out demo_out
@@ -41,6 +45,20 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Browse the results
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+
+prefect-ui: install
+	$(BIN)/python -m flows.server start
+
+# Serve the pipeline's deployments so runs can be started from the Prefect UI
+serve: install
+	$(BIN)/python -m flows.serve
+
+stop:
+	-$(BIN)/python -m flows.server stop
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

@@ -8,7 +8,6 @@ from typing import Any
 from prefect import task
 
 from zflora.atomic import atomic_dir
-from zflora.train import TrainSettings, train_method
 
 from .base import base_model_ref
 from .io import read_examples, read_json, write_json
@@ -33,7 +32,9 @@ TRAIN_FIELDS = (
 
 def train_settings(
     method: str, train_params: dict[str, Any], adapter_params: dict[str, Any], dtype: str
-) -> TrainSettings:
+) -> Any:
+    from zflora.train import TrainSettings
+
     return TrainSettings(
         method=method,
         r=adapter_params["r"],
@@ -73,6 +74,8 @@ def train(
             write_json(tmp / MANIFEST, summary)
         log_numeric_metrics(summary)
         return summary
+    from zflora.train import train_method
+
     settings = train_settings(method, train_params, adapter_params, model_params["dtype"])
     examples = read_examples(Path(data_dir) / "train.jsonl")
     metrics = train_method(

@@ -7,10 +7,12 @@ layout is one entry. Anything else is refused with a message naming the supporte
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import ZFLoRAError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)

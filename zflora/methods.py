@@ -11,13 +11,14 @@ it is used, not re-implemented.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from .architectures import layout_for
-from .config import ZFLoRAConfig
 from .errors import ZFLoRAError
-from .model import ZFLoRAModel, get_zflora_model
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .model import ZFLoRAModel
 
 METHODS = ("base", "lora", "zflora", "zflora-mha", "fft")
 TRAINED_METHODS = ("lora", "zflora", "zflora-mha", "fft")
@@ -35,6 +36,8 @@ def check_method(method: str) -> str:
 
 def lora_target_modules(model: nn.Module) -> list[str]:
     """The projection names zFLoRA adapts, as PEFT target modules (q_proj, ..., down_proj)."""
+    from .architectures import layout_for
+
     layout = layout_for(model)
     return [path.rsplit(".", 1)[-1] for _, path in (*layout.readers, *layout.writers)]
 
@@ -66,6 +69,10 @@ def prepare(
     q/k/v/o/gate/up/down. zflora / zflora-mha: a ZFLoRAModel (attn+mlp / attn only).
     fft: every weight trainable.
     """
+    from .architectures import layout_for
+    from .config import ZFLoRAConfig
+    from .model import get_zflora_model
+
     check_method(method)
     layout_for(model)  # same architecture support for every method, so comparisons are like for like
     if method == "base":
@@ -125,6 +132,7 @@ def load_trained(
         return peft_model.merge_and_unload() if merged else peft_model
     if method in ZFLORA_BLOCKS:
         from .adapter_file import read_adapter
+        from .model import get_zflora_model
 
         weights = read_adapter(artifact_dir)
         zm: ZFLoRAModel = get_zflora_model(base, weights.config, adapter_name=weights.name)
