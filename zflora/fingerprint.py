@@ -33,8 +33,10 @@ def weights_checksum(named_tensors: list[tuple[str, torch.Tensor]]) -> str:
     for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
         flat = tensor.detach().reshape(-1)
         count = min(flat.numel(), SAMPLES_PER_TENSOR)
-        index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).round().long()
-        sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        # integer arithmetic on the CPU: the same indices on every device and for any size
+        # (a float32 linspace rounds past the end above 2**24 elements)
+        index = torch.arange(count, dtype=torch.int64) * (flat.numel() - 1) // max(count - 1, 1)
+        sample = flat[index.to(flat.device)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
         digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
         digest.update(sample)
     return digest.hexdigest()
