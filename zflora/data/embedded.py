@@ -1,0 +1,353 @@
+"""The embedded task suite: three small tasks generated offline from a seed, one per category.
+
+    from zflora.data import load_examples
+    train = load_examples("embedded-math", "train", n=2000, seed=0)
+    test = load_examples("embedded-math", "test")          # 150 problems, none seen in train
+
+- embedded-commonsense: multiple-choice questions about the objects of `world.THINGS`
+  (colour, material, size, place, use, which object for a use); 3-4 options listed as
+  "A. ..."; answer = option letter, balanced over the letters (see `commonsense`).
+- embedded-math: GSM8K-like word problems with 1-3 steps and small numbers; the target is
+  a worked solution ending in "The answer is N."
+- embedded-summary: two-person dialogues of 3-5 turns; the reference is one sentence
+  built from the dialogue's facts.
+
+Splits are disjoint by construction: every prompt is assigned to train, validation or test
+by a hash of its text (10% test, 10% validation, 80% train), so no test prompt can appear
+in train whatever the seeds and sizes. The seed and size choose which prompts are drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+
+from ..errors import ZFLoRAError
+from . import world
+from .world import Thing
+
+LETTERS = "ABCDE"
+SPLITS = ("train", "validation", "test")
+# per task and split; the commonsense question space is small (about 1900 prompts, 10% test)
+DEFAULT_SIZES = {
+    "embedded-commonsense": {"train": 2000, "validation": 100, "test": 100},
+    "embedded-math": {"train": 2000, "validation": 150, "test": 150},
+    "embedded-summary": {"train": 2000, "validation": 150, "test": 150},
+}
+
+
+def split_of(prompt: str) -> str:
+    """The split a prompt belongs to, from a stable hash of its text."""
+    bucket = int.from_bytes(hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).digest(), "big") % 20
+    return "test" if bucket < 2 else "validation" if bucket < 4 else "train"
+
+
+def mc_prompt(question: str, options: list[str]) -> str:
+    """The multiple-choice prompt shared by the commonsense tasks: options as 'A. ...'."""
+    lines = [f"Question: {question}"] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+# ----------------------------------------------------------------------------- commonsense
+
+
+def option_blocks(values: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Each value -> the fixed block of 3-4 values it is always listed with, in a fixed order.
+
+    The values are cut, in the given order, into blocks of 4 (and of 3 where the count
+    does not divide): 14 colours -> 4 + 4 + 3 + 3.
+    """
+    count = len(values)
+    blocks = -(-count // 4)
+    threes = 4 * blocks - count
+    result: dict[str, tuple[str, ...]] = {}
+    start = 0
+    for index in range(blocks):
+        size = 3 if index >= blocks - threes else 4
+        block = tuple(values[start : start + size])
+        result.update(dict.fromkeys(block, block))
+        start += size
+    return result
+
+
+_COLOUR_BLOCKS = option_blocks(world.COLOURS)
+_MATERIAL_BLOCKS = option_blocks(world.MATERIALS)
+_SIZE_BLOCKS = option_blocks(world.SIZES)  # one block, in size order
+_PLACE_BLOCKS = option_blocks(world.PLACES)
+_USE_BLOCKS = option_blocks(sorted(t.use for t in world.THINGS))
+_THING_BLOCKS = option_blocks(sorted(t.name for t in world.THINGS))
+
+# question templates per kind; {the}: "mug", {a}: "a mug", {use}: "drinking tea"
+_TEMPLATES = {
+    "colour": ("What colour is the {the}?", "What colour is {a} usually?", "Which colour does the {the} have?",
+               "The {the} is usually which colour?", "What is the colour of the {the}?",
+               "If you look at {a}, what colour do you see?"),
+    "material": ("What is the {the} made of?", "Which material is {a} made of?", "What material is used to make {a}?",
+                 "The {the} is made of which material?", "What is {a} usually made from?",
+                 "Which material would you find in {a}?"),
+    "size": ("How big is {a}?", "What size is the {the}?", "How large is the {the}?", "Which size fits {a} best?",
+             "Is {a} tiny, small, big or huge?", "What is the size of the {the}?"),
+    "place": ("Where would you usually find {a}?", "Where is the {the} usually kept?",
+              "In which place is the {the} usually found?", "Where does the {the} usually belong?",
+              "Where do people keep {a}?", "If you need {a}, where do you look?"),
+    "use": ("What is {a} used for?", "What do people use the {the} for?", "What is the {the} good for?",
+            "What can you do with {a}?", "Why would someone need {a}?", "What is the main use of the {the}?"),
+    "which_use": ("Which object is used for {use}?", "What do people use for {use}?",
+                  "Which of these is good for {use}?", "What would you take for {use}?",
+                  "Which thing helps with {use}?", "You want to do this: {use}. What do you need?"),
+}  # fmt: skip
+
+
+def _commonsense_item(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
+    """One question about one thing: (question, right option, the option block it is listed in)."""
+    thing: Thing = rng.choice(world.THINGS)
+    kind = rng.choice(tuple(_TEMPLATES))
+    question = rng.choice(_TEMPLATES[kind]).format(
+        the=thing.name, a=f"{world.article(thing.name)} {thing.name}", use=thing.use
+    )
+    if kind == "place":
+        block = tuple(world.place_phrase(p) for p in _PLACE_BLOCKS[thing.place])
+        return question, world.place_phrase(thing.place), block
+    right, blocks = {
+        "colour": (thing.colour, _COLOUR_BLOCKS),
+        "material": (thing.material, _MATERIAL_BLOCKS),
+        "size": (thing.size, _SIZE_BLOCKS),
+        "use": (thing.use, _USE_BLOCKS),
+        "which_use": (thing.name, _THING_BLOCKS),
+    }[kind]
+    return question, right, blocks[right]
+
+
+def commonsense(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
+    """`n` multiple-choice questions of `split`; the right letter cycles A, B, C, D (balanced).
+
+    Every value is always offered together with the same 2-3 other values, in the same
+    order (`option_blocks`), so the right letter follows from the right value. Pointing at
+    the letter of a value in a freshly shuffled list ("symbol binding") is a skill that
+    models far larger than the embedded tiny base only acquire with much more training:
+    a ~1M-parameter model stayed at chance after 400 full fine-tuning steps on shuffled
+    options, even when the question named the option. Knowing the fact is still needed.
+    The target names the value before the letter (" white. The answer is B.").
+    """
+    rng = random.Random(f"embedded-commonsense:{split}:{seed}")
+
+    def make(index: int) -> tuple[str, str, str] | None:
+        question, right, block = _commonsense_item(rng)
+        position = block.index(right)
+        if position != index % 4:  # draw until the letter is the next one in turn: balanced
+            return None
+        letter = LETTERS[position]
+        return mc_prompt(question, list(block)), f" {right}. The answer is {letter}.", letter
+
+    return _collect(make, split, n, "embedded-commonsense")
+
+
+# ----------------------------------------------------------------------------- math
+
+
+def _math_item(rng: random.Random) -> tuple[str, list[str], int]:
+    """One word problem: (problem text, worked steps, answer).
+
+    Numbers stay small (operands up to 20, results up to about 40) so that every step is
+    an arithmetic fact the tiny base model read often in its corpus.
+    """
+    name = rng.choice(world.PEOPLE)
+    friend = rng.choice([p for p in world.PEOPLE if p != name])
+    _, many = rng.choice(world.GOODS)
+    box, boxes = rng.choice(world.CONTAINERS)
+    form = rng.randrange(8)
+    if form == 0:  # a + b
+        a, b = rng.randint(2, 20), rng.randint(2, 10)
+        text = f"{name} has {a} {many}. {friend} gives {name} {b} more {many}. How many {many} does {name} have now?"
+        return text, [f"{a} + {b} = {a + b}."], a + b
+    if form == 1:  # a - b
+        a = rng.randint(5, 20)
+        b = rng.randint(1, a - 1)
+        text = f"{name} has {a} {many}. {name} gives {b} {many} to {friend}. How many {many} does {name} have left?"
+        return text, [f"{a} - {b} = {a - b}."], a - b
+    if form == 2:  # a * b
+        a, b = rng.randint(2, 6), rng.randint(2, 6)
+        text = (
+            f"{name} has {a} {boxes}. Each {box} holds {b} {many}. How many {many} does {name} have in total?"
+        )
+        return text, [f"{a} * {b} = {a * b}."], a * b
+    if form == 3:  # (a * b) / a
+        a, b = rng.randint(2, 6), rng.randint(2, 6)
+        text = (
+            f"{name} shares {a * b} {many} equally among {a} friends. How many {many} does each friend get?"
+        )
+        return text, [f"{a * b} / {a} = {b}."], b
+    if form == 4:  # a + b * c
+        a, b, c = rng.randint(2, 10), rng.randint(2, 4), rng.randint(2, 5)
+        text = (
+            f"{name} has {a} {many}. Then {name} buys {b} {boxes} with {c} {many} in each {box}. "
+            f"How many {many} does {name} have now?"
+        )
+        return text, [f"{b} * {c} = {b * c}.", f"{a} + {b * c} = {a + b * c}."], a + b * c
+    if form == 5:  # a - b - c
+        a = rng.randint(10, 20)
+        b = rng.randint(1, a // 2)
+        c = rng.randint(1, a - b - 1)
+        text = (
+            f"{name} had {a} {many}. {name} gave {b} {many} to {friend} and then lost {c} {many}. "
+            f"How many {many} does {name} have left?"
+        )
+        return text, [f"{a} - {b} = {a - b}.", f"{a - b} - {c} = {a - b - c}."], a - b - c
+    if form == 6:  # (a + b) * c
+        a, b, c = rng.randint(1, 5), rng.randint(1, 5), rng.randint(2, 4)
+        text = (
+            f"{name} has {a} red {boxes} and {b} blue {boxes}. Each {box} holds {c} {many}. "
+            f"How many {many} are there in all the {boxes}?"
+        )
+        return text, [f"{a} + {b} = {a + b}.", f"{a + b} * {c} = {(a + b) * c}."], (a + b) * c
+    # form 7: a - b * c + d (three steps)
+    b, c = rng.randint(2, 4), rng.randint(2, 4)
+    a = rng.randint(b * c + 1, b * c + 10)
+    d = rng.randint(1, 9)
+    text = (
+        f"{name} has {a} {many}. {name} gives {b} friends {c} {many} each, and then {friend} gives {name} "
+        f"{d} {many}. How many {many} does {name} have now?"
+    )
+    steps = [
+        f"{b} * {c} = {b * c}.",
+        f"{a} - {b * c} = {a - b * c}.",
+        f"{a - b * c} + {d} = {a - b * c + d}.",
+    ]
+    return text, steps, a - b * c + d
+
+
+def arithmetic(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
+    """`n` word problems of `split` with worked solutions."""
+    rng = random.Random(f"embedded-math:{split}:{seed}")
+
+    def make(index: int) -> tuple[str, str, str] | None:
+        text, steps, answer = _math_item(rng)
+        prompt = f"Question: {text}\nAnswer:"
+        target = " " + " ".join(steps) + f" The answer is {answer}."
+        return prompt, target, str(answer)
+
+    return _collect(make, split, n, "embedded-math")
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _dialogue_item(rng: random.Random) -> tuple[list[tuple[str, str]], str]:
+    """One dialogue as [(speaker, line)] and its reference summary."""
+    a, b = world.pick_people(rng, 2)
+    form = rng.randrange(5)
+    turns: list[tuple[str, str]] = []
+    if form == 0:  # plan an activity
+        (activity, venue), day, time = (
+            rng.choice(world.ACTIVITIES),
+            rng.choice(world.DAYS),
+            rng.choice(world.TIMES),
+        )
+        thing = rng.choice(world.THINGS)
+        turns += [
+            (a, f"Do you want to {activity} on {day}?"),
+            (b, rng.choice(("Sure! Where and when?", "Yes, good idea. Where?", "Why not. What time?"))),
+            (a, f"At {venue}, at {time}."),
+        ]
+        summary = f"{a} and {b} will {activity} at {venue} on {day} at {time}."
+        if rng.random() < 0.5:
+            turns.append((b, f"Great, I will bring my {thing.colour} {thing.name}."))
+            summary = (
+                f"{a} and {b} will {activity} at {venue} on {day} at {time}, "
+                f"and {b} will bring {world.article(thing.name)} {thing.name}."
+            )
+    elif form == 1:  # a lost object
+        thing = rng.choice(world.THINGS)
+        turns += [
+            (a, f"I can't find my {thing.colour} {thing.name}. Have you seen it?"),
+            (b, f"Yes, I saw it {world.place_phrase(thing.place)} this morning."),
+            (a, rng.choice(("Thank you so much!", "Oh good, thanks.", "Great, I will look there."))),
+        ]
+        lost = f"{world.article(thing.colour)} {thing.colour} {thing.name}"
+        summary = f"{a} lost {lost}, and {b} saw it {world.place_phrase(thing.place)}."
+    elif form == 2:  # borrow an object
+        thing, day = rng.choice(world.THINGS), rng.choice(world.DAYS)
+        turns += [
+            (a, f"Can I borrow your {thing.name}? I need it for {thing.use}."),
+            (b, f"Of course. I can bring it on {day}."),
+            (a, rng.choice(("Perfect, thanks!", "That works for me.", "Thanks a lot."))),
+        ]
+        summary = f"{b} will lend {a} {world.article(thing.name)} {thing.name} on {day} for {thing.use}."
+    elif form == 3:  # move a meeting
+        (activity, _), first, second = rng.choice(world.ACTIVITIES), *rng.sample(world.DAYS, 2)
+        turns += [
+            (a, f"Sorry, I can't {activity} with you on {first}."),
+            (b, "No problem. When are you free?"),
+            (a, f"I am free on {second}."),
+            (b, f"OK, let's {activity} on {second} then."),
+        ]
+        summary = f"{a} and {b} will {activity} on {second} instead of {first}."
+    else:  # shopping errand
+        _, many = rng.choice(world.GOODS)
+        count, day = rng.randint(2, 12), rng.choice(world.DAYS)
+        turns += [
+            (a, f"Are you going to the shop on {day}?"),
+            (b, "Yes, do you need anything?"),
+            (a, f"Could you buy {count} {many} for me?"),
+            (b, rng.choice(("Sure, no problem.", "Yes, I will.", "OK, I will get them."))),
+        ]
+        summary = f"{b} will buy {count} {many} for {a} at the shop on {day}."
+    if rng.random() < 0.5:  # a greeting opens the first line
+        greeting = rng.choice((f"Hi {b}!", f"Hello {b}.", f"Hey {b}!"))
+        turns[0] = (a, f"{greeting} {turns[0][1]}")
+    if len(turns) < 5 and rng.random() < 0.5:  # a closing line that adds no fact
+        last = turns[-1][0]
+        turns.append(
+            (b if last == a else a, rng.choice(("See you!", "Bye!", "Talk soon.", "Have a nice day!")))
+        )
+    return turns, summary
+
+
+def summary(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
+    """`n` dialogues of `split` with one-sentence reference summaries."""
+    rng = random.Random(f"embedded-summary:{split}:{seed}")
+
+    def make(index: int) -> tuple[str, str, str] | None:
+        turns, reference = _dialogue_item(rng)
+        prompt = "Dialogue:\n" + "\n".join(f"{who}: {line}" for who, line in turns) + "\nSummary:"
+        return prompt, f" {reference}", reference
+
+    return _collect(make, split, n, "embedded-summary")
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _collect(
+    make: Callable[[int], tuple[str, str, str] | None], split: str, n: int, task: str
+) -> list[tuple[str, str, str]]:
+    """Draw items until `n` prompts of `split` are collected (others are discarded).
+
+    Validation and test prompts are distinct; train may repeat a prompt (as epochs would)
+    once the task's prompts of the train split run short.
+    """
+    items: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    attempts, budget = 0, 400 * n + 1000
+    while len(items) < n:
+        attempts += 1
+        if attempts > budget:
+            raise ZFLoRAError(
+                f"{task}: could only draw {len(items)} distinct {split} examples; ask for fewer (n={n})"
+            )
+        item = make(len(items))
+        if item is None or split_of(item[0]) != split:
+            continue
+        if item[0] in seen and (split != "train" or attempts < 50 * n):
+            continue
+        seen.add(item[0])
+        items.append(item)
+    return items
+
+
+GENERATORS: dict[str, Callable[..., list[tuple[str, str, str]]]] = {
+    "embedded-commonsense": commonsense,
+    "embedded-math": arithmetic,
+    "embedded-summary": summary,
+}
