@@ -59,6 +59,7 @@ serve: install
 
 stop:
 	-$(BIN)/python -m flows.server stop
+	-$(BIN)/python -m flows.warm stop
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

@@ -9,6 +9,11 @@ available and supported) and records its name and fingerprint.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.base")
+
 import sys
 
 from prefect import flow

@@ -5,6 +5,11 @@ python -m flows.evaluate --task embedded-math --method zflora [--params params.y
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.evaluate")
+
 import sys
 
 from prefect import flow

@@ -6,6 +6,11 @@ of hidden size d + r and register it in the MLflow model registry.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.fuse")
+
 import sys
 
 from prefect import flow

@@ -5,6 +5,11 @@ python -m flows.prepare --task embedded-math [--params params.yaml]
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.prepare")
+
 import sys
 
 from prefect import flow

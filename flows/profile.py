@@ -7,6 +7,11 @@ Targets: `base` (the pipeline's base model) and/or presets with real model shape
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.profile")
+
 import sys
 
 from prefect import flow

@@ -5,6 +5,11 @@ python -m flows.report [--params params.yaml]
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.report")
+
 import sys
 
 from prefect import flow

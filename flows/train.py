@@ -9,6 +9,11 @@ same entry point trains with DDP (HF Trainer); only rank 0 writes.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
+    from flows.warm import forward
+
+    forward("flows.train")
+
 import os
 import sys
 

@@ -10,7 +10,7 @@ import pytest
 
 from zflora.data import EMBEDDED_TASKS, get_task, load_examples, world
 from zflora.data.corpus import general_corpus
-from zflora.data.embedded import DEFAULT_SIZES, split_of
+from zflora.data.embedded import DEFAULT_SIZES, fact_sentence, split_of
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +62,33 @@ def test_commonsense_answers_are_facts_of_the_world(splits):
     things = {t.name: t for t in world.THINGS}
     for example in splits["embedded-commonsense"]["test"] + splits["embedded-commonsense"]["train"]:
         options = _options(example)
-        assert len(options) in (3, 4) and len(set(options.values())) == len(options)
+        assert len(options) == 4 and len(set(options.values())) == 4
         right = options[example.answer]
-        assert example.target == f" {right}. The answer is {example.answer}."
         question = example.prompt.splitlines()[0]
-        if right in things:  # "which object is used for X?"
-            assert things[right].use in question
-            continue
-        named = max((n for n in things if re.search(rf"\b(the|The|a|an) {n}\b", question)), key=len)
+        named = max((n for n in things if re.search(rf"\b{n}", question)), key=len)
         thing = things[named]
-        assert right in (thing.colour, thing.material, thing.size, world.place_phrase(thing.place), thing.use)
+        kind = next(k for k in ("colour", "material", "size", "place") if getattr(thing, k) == right)
+        assert example.target == f" {fact_sentence(thing, kind)} The answer is {example.answer}."
+        assert right in example.target and named in example.target
 
 
-def test_commonsense_values_always_come_with_the_same_options(splits):
-    # the right letter follows from the right value: each value is listed in one fixed block
-    block_of = {}
+def test_commonsense_options_are_a_property_in_its_fixed_order(splits):
+    # the right letter follows from the right value: a property's values, always in one order
+    blocks = {world.COLOURS, world.MATERIALS, world.SIZES, world.PLACES}
+    seen = set()
     for example in splits["embedded-commonsense"]["train"]:
         options = _options(example)
         block = tuple(options[letter] for letter in sorted(options))
-        for value in block:
-            assert block_of.setdefault(value, block) == block
-    assert len(block_of) > 100
+        assert block in blocks
+        seen.add(block)
+    assert seen == blocks
+
+
+def test_world_properties_are_balanced():
+    for values, attribute in ((world.COLOURS, "colour"), (world.MATERIALS, "material"),
+                              (world.SIZES, "size"), (world.PLACES, "place")):  # fmt: skip
+        counts = Counter(getattr(thing, attribute) for thing in world.THINGS)
+        assert set(counts) == set(values) and set(counts.values()) == {6}
 
 
 def test_math_targets_are_worked_solutions_with_correct_answers(splits):

@@ -39,9 +39,8 @@ class Project:
     def run(
         self, *cmd: str, timeout: float = 600, check: bool = True, **kwargs
     ) -> subprocess.CompletedProcess:
-        out = subprocess.run(
-            list(cmd), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs
-        )
+        kwargs.setdefault("env", self.env)
+        out = subprocess.run(list(cmd), cwd=self.root, capture_output=True, text=True, timeout=timeout, **kwargs)
         if check and out.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -130,6 +129,7 @@ def pipeline_run(tmp_path_factory):
         except subprocess.TimeoutExpired:
             serve.kill()
         log.close()
+        project.run(sys.executable, "-m", "flows.warm", "stop", check=False)
         subprocess.run(
             [sys.executable, "-m", "flows.server", "stop"],
             cwd=project.root,
@@ -137,3 +137,13 @@ def pipeline_run(tmp_path_factory):
             capture_output=True,
             timeout=60,
         )
+
+
+@pytest.fixture
+def project(pipeline_run, tmp_path):
+    """A copy of the project `pipeline_run` built, sharing its Prefect server."""
+    copy = tmp_path / "copy"
+    shutil.copytree(pipeline_run.root, copy, ignore=shutil.ignore_patterns(".prefect", "serve.log"))
+    project = Project(copy, {**pipeline_run.env, "PYTHONPATH": str(copy)})
+    yield project
+    project.run(sys.executable, "-m", "flows.warm", "stop", check=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,13 +21,6 @@ from .conftest import Project
 
 pytestmark = pytest.mark.slow
 TASK = "embedded-math"
-
-
-@pytest.fixture
-def project(pipeline_run, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(pipeline_run.root, copy, ignore=shutil.ignore_patterns(".prefect", "serve.log"))
-    return Project(copy, {**pipeline_run.env, "PYTHONPATH": str(copy)})
 
 
 def set_params(project: Project, **changes) -> None:

@@ -5,10 +5,10 @@
     test = load_examples("embedded-math", "test")          # 150 problems, none seen in train
 
 - embedded-commonsense: multiple-choice questions about the objects of `world.THINGS`
-  (colour, material, size, place, use, which object for a use); 3-4 options listed as
-  "A. ..."; answer = option letter, balanced over the letters (see `commonsense`).
-- embedded-math: GSM8K-like word problems with 1-3 steps and small numbers; the target is
-  a worked solution ending in "The answer is N."
+  (colour, material, size, place); the property's four values listed as "A. ..."; the
+  target states the fact, then the letter; answer = the letter, balanced (see `commonsense`).
+- embedded-math: GSM8K-like word problems with 1-2 steps and one-digit operands; the
+  target is a worked solution ending in "The answer is N."
 - embedded-summary: two-person dialogues of 3-5 turns; the reference is one sentence
   built from the dialogue's facts.
 
@@ -52,93 +52,80 @@ def mc_prompt(question: str, options: list[str]) -> str:
 # ----------------------------------------------------------------------------- commonsense
 
 
-def option_blocks(values: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """Each value -> the fixed block of 3-4 values it is always listed with, in a fixed order.
-
-    The values are cut, in the given order, into blocks of 4 (and of 3 where the count
-    does not divide): 14 colours -> 4 + 4 + 3 + 3.
-    """
-    count = len(values)
-    blocks = -(-count // 4)
-    threes = 4 * blocks - count
-    result: dict[str, tuple[str, ...]] = {}
-    start = 0
-    for index in range(blocks):
-        size = 3 if index >= blocks - threes else 4
-        block = tuple(values[start : start + size])
-        result.update(dict.fromkeys(block, block))
-        start += size
-    return result
-
-
-_COLOUR_BLOCKS = option_blocks(world.COLOURS)
-_MATERIAL_BLOCKS = option_blocks(world.MATERIALS)
-_SIZE_BLOCKS = option_blocks(world.SIZES)  # one block, in size order
-_PLACE_BLOCKS = option_blocks(world.PLACES)
-_USE_BLOCKS = option_blocks(sorted(t.use for t in world.THINGS))
-_THING_BLOCKS = option_blocks(sorted(t.name for t in world.THINGS))
-
-# question templates per kind; {the}: "mug", {a}: "a mug", {use}: "drinking tea"
+# question templates per property; {the}: "mug", {a}: "a mug"
 _TEMPLATES = {
     "colour": ("What colour is the {the}?", "What colour is {a} usually?", "Which colour does the {the} have?",
                "The {the} is usually which colour?", "What is the colour of the {the}?",
-               "If you look at {a}, what colour do you see?"),
+               "If you look at {a}, what colour do you see?", "Tell me the colour of the {the}.",
+               "In which colour is the {the}?", "What colour would {a} be?", "Name the colour of {a}.", "What colour has the {the} got?",
+               "Do you know the colour of the {the}?", "Say which colour the {the} is.", "What colour are most {the}s?",
+               "Which colour fits the {the}?", "Guess the colour of {a}."),
     "material": ("What is the {the} made of?", "Which material is {a} made of?", "What material is used to make {a}?",
                  "The {the} is made of which material?", "What is {a} usually made from?",
-                 "Which material would you find in {a}?"),
+                 "Which material would you find in {a}?", "From what is the {the} made?",
+                 "Tell me what the {the} is made of.", "What is the material of the {the}?",
+                 "Name the material of {a}.", "What stuff is the {the} made of?",
+                 "Do you know what {a} is made of?", "Say which material the {the} is.", "What are most {the}s made of?",
+                 "Which material fits the {the}?", "Guess the material of {a}."),
     "size": ("How big is {a}?", "What size is the {the}?", "How large is the {the}?", "Which size fits {a} best?",
-             "Is {a} tiny, small, big or huge?", "What is the size of the {the}?"),
+             "Is {a} tiny, small, big or huge?", "What is the size of the {the}?", "How big is the {the} usually?",
+             "Tell me the size of the {the}.", "Which size is {a}?", "Name the size of {a}.",
+             "How big has the {the} got to be?", "Do you know the size of the {the}?", "Say which size the {the} is.",
+             "How big are most {the}s?", "Which size fits the {the}?", "Guess the size of {a}."),
     "place": ("Where would you usually find {a}?", "Where is the {the} usually kept?",
-              "In which place is the {the} usually found?", "Where does the {the} usually belong?",
-              "Where do people keep {a}?", "If you need {a}, where do you look?"),
-    "use": ("What is {a} used for?", "What do people use the {the} for?", "What is the {the} good for?",
-            "What can you do with {a}?", "Why would someone need {a}?", "What is the main use of the {the}?"),
-    "which_use": ("Which object is used for {use}?", "What do people use for {use}?",
-                  "Which of these is good for {use}?", "What would you take for {use}?",
-                  "Which thing helps with {use}?", "You want to do this: {use}. What do you need?"),
+              "In which room is the {the} usually found?", "Where does the {the} usually belong?",
+              "Where do people keep {a}?", "If you need {a}, where do you look?", "Which place has the {the}?",
+              "Tell me where the {the} is.", "Where is {a} found?", "Name the place of the {the}.",
+              "In which room do you keep {a}?", "Do you know where the {the} is?", "Say which room has the {the}.",
+              "Where are most {the}s kept?", "Which room fits the {the}?", "Guess where {a} is kept."),
 }  # fmt: skip
+# each property's four values, always listed in this order (world.py)
+_OPTIONS = {"colour": world.COLOURS, "material": world.MATERIALS, "size": world.SIZES, "place": world.PLACES}
 
 
-def _commonsense_item(rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
-    """One question about one thing: (question, right option, the option block it is listed in)."""
+def _commonsense_item(rng: random.Random) -> tuple[str, Thing, str]:
+    """One question about one thing: (question, the thing, the property asked)."""
     thing: Thing = rng.choice(world.THINGS)
     kind = rng.choice(tuple(_TEMPLATES))
-    question = rng.choice(_TEMPLATES[kind]).format(
-        the=thing.name, a=f"{world.article(thing.name)} {thing.name}", use=thing.use
-    )
-    if kind == "place":
-        block = tuple(world.place_phrase(p) for p in _PLACE_BLOCKS[thing.place])
-        return question, world.place_phrase(thing.place), block
-    right, blocks = {
-        "colour": (thing.colour, _COLOUR_BLOCKS),
-        "material": (thing.material, _MATERIAL_BLOCKS),
-        "size": (thing.size, _SIZE_BLOCKS),
-        "use": (thing.use, _USE_BLOCKS),
-        "which_use": (thing.name, _THING_BLOCKS),
+    question = rng.choice(_TEMPLATES[kind]).format(the=thing.name, a=f"{world.article(thing.name)} {thing.name}")
+    return question, thing, kind
+
+
+def fact_sentence(thing: Thing, kind: str) -> str:
+    """The fact a commonsense answer states first, phrased as the general corpus states it."""
+    a = f"{world.article(thing.name)} {thing.name}"
+    return {
+        "colour": f"The colour of the {thing.name} is {thing.colour}.",
+        "material": f"The {thing.name} is made of {thing.material}.",
+        "size": f"In size, {a} is {thing.size}.",
+        "place": f"You can find {a} {world.place_phrase(thing.place)}.",
     }[kind]
-    return question, right, blocks[right]
 
 
 def commonsense(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
     """`n` multiple-choice questions of `split`; the right letter cycles A, B, C, D (balanced).
 
-    Every value is always offered together with the same 2-3 other values, in the same
-    order (`option_blocks`), so the right letter follows from the right value. Pointing at
-    the letter of a value in a freshly shuffled list ("symbol binding") is a skill that
-    models far larger than the embedded tiny base only acquire with much more training:
-    a ~1M-parameter model stayed at chance after 400 full fine-tuning steps on shuffled
-    options, even when the question named the option. Knowing the fact is still needed.
-    The target names the value before the letter (" white. The answer is B.").
+    A question asks one property (colour, material, size, place) of one of the 24 objects
+    of the built-in world; the options are always that property's four values in the
+    same order. A ~1M-parameter model cannot learn to point at the letter of a value in a
+    freshly shuffled list in a CPU-minutes budget ("symbol binding" comes with far more
+    scale and training), so the fixed order makes the letter follow from the value and
+    the question tests what it should: knowing the fact. The target first states the fact
+    the way the base model's corpus does, then the letter (" The colour of the spoon is
+    white. The answer is A."), a short rationale in the spirit of the chain-of-thought
+    targets of the math task. Train and test share the facts but never a prompt: a test
+    question is a new phrasing of a fact seen in training.
     """
     rng = random.Random(f"embedded-commonsense:{split}:{seed}")
 
     def make(index: int) -> tuple[str, str, str] | None:
-        question, right, block = _commonsense_item(rng)
-        position = block.index(right)
+        question, thing, kind = _commonsense_item(rng)
+        options = _OPTIONS[kind]
+        position = options.index(getattr(thing, kind))
         if position != index % 4:  # draw until the letter is the next one in turn: balanced
             return None
         letter = LETTERS[position]
-        return mc_prompt(question, list(block)), f" {right}. The answer is {letter}.", letter
+        return mc_prompt(question, list(options)), f" {fact_sentence(thing, kind)} The answer is {letter}.", letter
 
     return _collect(make, split, n, "embedded-commonsense")
 
@@ -149,72 +136,51 @@ def commonsense(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
 def _math_item(rng: random.Random) -> tuple[str, list[str], int]:
     """One word problem: (problem text, worked steps, answer).
 
-    Numbers stay small (operands up to 20, results up to about 40) so that every step is
-    an arithmetic fact the tiny base model read often in its corpus.
+    One or two steps with one-digit operands (sums up to 18, products up to 25): every
+    step is an arithmetic fact the tiny base model read many times in its corpus, so
+    what the task teaches is reading the problem into the right equations.
     """
     name = rng.choice(world.PEOPLE)
     friend = rng.choice([p for p in world.PEOPLE if p != name])
     _, many = rng.choice(world.GOODS)
     box, boxes = rng.choice(world.CONTAINERS)
-    form = rng.randrange(8)
+    form = rng.randrange(6)
     if form == 0:  # a + b
-        a, b = rng.randint(2, 20), rng.randint(2, 10)
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
         text = f"{name} has {a} {many}. {friend} gives {name} {b} more {many}. How many {many} does {name} have now?"
         return text, [f"{a} + {b} = {a + b}."], a + b
     if form == 1:  # a - b
-        a = rng.randint(5, 20)
-        b = rng.randint(1, a - 1)
+        a = rng.randint(3, 18)
+        b = rng.randint(1, min(9, a - 1))
         text = f"{name} has {a} {many}. {name} gives {b} {many} to {friend}. How many {many} does {name} have left?"
         return text, [f"{a} - {b} = {a - b}."], a - b
     if form == 2:  # a * b
-        a, b = rng.randint(2, 6), rng.randint(2, 6)
-        text = (
-            f"{name} has {a} {boxes}. Each {box} holds {b} {many}. How many {many} does {name} have in total?"
-        )
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
+        text = f"{name} has {a} {boxes}. Each {box} holds {b} {many}. How many {many} does {name} have in total?"
         return text, [f"{a} * {b} = {a * b}."], a * b
-    if form == 3:  # (a * b) / a
-        a, b = rng.randint(2, 6), rng.randint(2, 6)
+    if form == 3:  # a + b - c
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        c = rng.randint(1, min(9, a + b - 1))
         text = (
-            f"{name} shares {a * b} {many} equally among {a} friends. How many {many} does each friend get?"
-        )
-        return text, [f"{a * b} / {a} = {b}."], b
-    if form == 4:  # a + b * c
-        a, b, c = rng.randint(2, 10), rng.randint(2, 4), rng.randint(2, 5)
-        text = (
-            f"{name} has {a} {many}. Then {name} buys {b} {boxes} with {c} {many} in each {box}. "
+            f"{name} has {a} {many}. {name} buys {b} more and then gives {c} to {friend}. "
             f"How many {many} does {name} have now?"
         )
-        return text, [f"{b} * {c} = {b * c}.", f"{a} + {b * c} = {a + b * c}."], a + b * c
-    if form == 5:  # a - b - c
-        a = rng.randint(10, 20)
-        b = rng.randint(1, a // 2)
-        c = rng.randint(1, a - b - 1)
+        return text, [f"{a} + {b} = {a + b}.", f"{a + b} - {c} = {a + b - c}."], a + b - c
+    if form == 4:  # a - b + c
+        a = rng.randint(3, 9)
+        b, c = rng.randint(1, a - 1), rng.randint(1, 9)
         text = (
-            f"{name} had {a} {many}. {name} gave {b} {many} to {friend} and then lost {c} {many}. "
-            f"How many {many} does {name} have left?"
+            f"{name} had {a} {many} and lost {b}. Then {friend} gave {name} {c} {many}. "
+            f"How many {many} does {name} have now?"
         )
-        return text, [f"{a} - {b} = {a - b}.", f"{a - b} - {c} = {a - b - c}."], a - b - c
-    if form == 6:  # (a + b) * c
-        a, b, c = rng.randint(1, 5), rng.randint(1, 5), rng.randint(2, 4)
-        text = (
-            f"{name} has {a} red {boxes} and {b} blue {boxes}. Each {box} holds {c} {many}. "
-            f"How many {many} are there in all the {boxes}?"
-        )
-        return text, [f"{a} + {b} = {a + b}.", f"{a + b} * {c} = {(a + b) * c}."], (a + b) * c
-    # form 7: a - b * c + d (three steps)
-    b, c = rng.randint(2, 4), rng.randint(2, 4)
-    a = rng.randint(b * c + 1, b * c + 10)
-    d = rng.randint(1, 9)
+        return text, [f"{a} - {b} = {a - b}.", f"{a - b} + {c} = {a - b + c}."], a - b + c
+    # form 5: a * b + c
+    a, b, c = rng.randint(2, 4), rng.randint(2, 4), rng.randint(1, 9)
     text = (
-        f"{name} has {a} {many}. {name} gives {b} friends {c} {many} each, and then {friend} gives {name} "
-        f"{d} {many}. How many {many} does {name} have now?"
+        f"{name} buys {a} {boxes} with {b} {many} in each {box} and finds {c} more {many}. "
+        f"How many {many} does {name} have?"
     )
-    steps = [
-        f"{b} * {c} = {b * c}.",
-        f"{a} - {b * c} = {a - b * c}.",
-        f"{a - b * c} + {d} = {a - b * c + d}.",
-    ]
-    return text, steps, a - b * c + d
+    return text, [f"{a} * {b} = {a * b}.", f"{a * b} + {c} = {a * b + c}."], a * b + c
 
 
 def arithmetic(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:

@@ -107,10 +107,10 @@ _PAPER = [
 
 _EMBEDDED = [
     TaskSpec("embedded-commonsense", "commonsense", "accuracy", "embedded",
-             "generated multiple-choice questions about everyday objects (colour, material, size, place, use); A-D",
-             max_new_tokens=20, answer_type="choice", letters="ABCD", splits=dict(_EMBEDDED_SPLITS)),
+             "generated multiple-choice questions about everyday objects (colour, material, size, place); A-D",
+             max_new_tokens=24, answer_type="choice", letters="ABCD", splits=dict(_EMBEDDED_SPLITS)),
     TaskSpec("embedded-math", "math", "accuracy", "embedded",
-             "generated 1-3 step arithmetic word problems with small numbers; worked solution, numeric answer",
+             "generated 1-2 step arithmetic word problems with one-digit numbers; worked solution, numeric answer",
              max_new_tokens=48, answer_type="number", splits=dict(_EMBEDDED_SPLITS)),
     TaskSpec("embedded-summary", "summary", "rouge", "embedded",
              "generated two-person dialogues (3-5 turns) to a one-sentence summary of their facts",

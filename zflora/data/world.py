@@ -25,68 +25,43 @@ class Thing:
     use: str
 
 
-# name, colour, material, size, place, use. Every use is unique, so "which object is used
-# for X?" has one right answer; the other properties repeat across objects.
+# Every property has exactly four values, each held by six of the 24 objects, and the
+# multiple-choice questions always list a property's four values in this order, so the
+# letter follows from the value and the question tests the fact (see embedded.commonsense).
+COLOURS: tuple[str, ...] = ("white", "black", "red", "blue")
+MATERIALS: tuple[str, ...] = ("wood", "metal", "plastic", "cloth")
+SIZES: tuple[str, ...] = ("tiny", "small", "big", "huge")
+PLACES: tuple[str, ...] = ("kitchen", "bedroom", "garden", "office")
+
+# name, colour, material, size, place, use. Every use is unique.
 _THINGS = [
-    ("spoon", "silver", "metal", "small", "kitchen", "stirring soup"),
-    ("mug", "white", "clay", "small", "kitchen", "drinking tea"),
+    ("spoon", "white", "plastic", "tiny", "kitchen", "stirring soup"),
     ("kettle", "black", "metal", "small", "kitchen", "boiling water"),
-    ("plate", "yellow", "clay", "small", "kitchen", "serving food"),
-    ("knife", "grey", "metal", "small", "kitchen", "cutting bread"),
     ("fridge", "white", "metal", "huge", "kitchen", "keeping food cold"),
-    ("salad bowl", "green", "wood", "small", "kitchen", "mixing salad"),
-    ("teapot", "blue", "clay", "small", "kitchen", "pouring tea"),
-    ("frying pan", "black", "metal", "small", "kitchen", "frying eggs"),
-    ("cutting board", "brown", "wood", "small", "kitchen", "chopping vegetables"),
-    ("shovel", "red", "metal", "big", "garden", "digging holes"),
-    ("hose", "green", "rubber", "big", "garden", "watering plants"),
-    ("bench", "brown", "wood", "big", "garden", "sitting outside"),
-    ("bucket", "orange", "plastic", "small", "garden", "carrying water"),
-    ("flower pot", "orange", "clay", "small", "garden", "growing flowers"),
-    ("towel", "blue", "cloth", "small", "bathroom", "drying your hands"),
-    ("mirror", "silver", "glass", "big", "bathroom", "seeing your face"),
-    ("toothbrush", "pink", "plastic", "tiny", "bathroom", "cleaning teeth"),
-    ("bathtub", "white", "stone", "huge", "bathroom", "taking a bath"),
+    ("cutting board", "red", "wood", "small", "kitchen", "chopping vegetables"),
+    ("oven mitt", "blue", "cloth", "small", "kitchen", "holding hot pans"),
+    ("kitchen table", "blue", "wood", "huge", "kitchen", "eating dinner"),
     ("pillow", "white", "cloth", "small", "bedroom", "resting your head"),
-    ("blanket", "purple", "wool", "big", "bedroom", "keeping warm at night"),
-    ("lamp", "gold", "metal", "small", "bedroom", "lighting the room"),
-    ("wardrobe", "brown", "wood", "huge", "bedroom", "storing clothes"),
-    ("alarm clock", "red", "plastic", "small", "bedroom", "waking up on time"),
-    ("stapler", "black", "metal", "small", "office", "joining papers"),
-    ("pencil", "yellow", "wood", "tiny", "office", "writing notes"),
-    ("paper clip", "silver", "metal", "tiny", "office", "holding papers together"),
-    ("desk", "grey", "wood", "huge", "office", "working on"),
-    ("envelope", "white", "paper", "small", "office", "sending letters"),
-    ("ruler", "blue", "plastic", "small", "office", "measuring lines"),
-    ("hammer", "grey", "metal", "small", "garage", "hitting nails"),
-    ("ladder", "silver", "metal", "huge", "garage", "reaching high shelves"),
-    ("bicycle", "red", "metal", "big", "garage", "riding to school"),
-    ("toolbox", "blue", "metal", "big", "garage", "keeping tools"),
-    ("rope", "brown", "cloth", "big", "garage", "tying boxes"),
-    ("chalk", "white", "stone", "tiny", "classroom", "writing on the board"),
-    ("globe", "blue", "plastic", "big", "classroom", "finding countries"),
-    ("eraser", "pink", "rubber", "tiny", "classroom", "removing pencil marks"),
-    ("backpack", "green", "leather", "big", "classroom", "carrying books"),
-    ("swim ring", "orange", "rubber", "big", "beach", "floating in the sea"),
-    ("kite", "red", "paper", "big", "beach", "flying in the wind"),
-    ("beach ball", "yellow", "rubber", "big", "beach", "playing catch"),
-    ("sun hat", "purple", "cloth", "small", "beach", "shading your face"),
-    ("book", "brown", "paper", "small", "library", "reading stories"),
-    ("bookshelf", "brown", "wood", "huge", "library", "holding books"),
-    ("map", "yellow", "paper", "small", "library", "finding the way"),
-    ("sofa", "grey", "leather", "huge", "living room", "relaxing after work"),
-    ("remote control", "black", "plastic", "tiny", "living room", "changing channels"),
-    ("vase", "blue", "glass", "small", "living room", "holding flowers"),
-    ("rug", "red", "wool", "big", "living room", "covering the floor"),
-    ("candle", "white", "wax", "small", "living room", "giving soft light"),
-    ("window", "clear", "glass", "big", "living room", "letting light in"),
+    ("blanket", "red", "cloth", "big", "bedroom", "keeping warm at night"),
+    ("wardrobe", "black", "wood", "huge", "bedroom", "storing clothes"),
+    ("alarm clock", "red", "plastic", "tiny", "bedroom", "waking up on time"),
+    ("lamp", "blue", "cloth", "small", "bedroom", "lighting the room"),
+    ("bed", "white", "wood", "huge", "bedroom", "sleeping at night"),
+    ("shovel", "red", "metal", "big", "garden", "digging holes"),
+    ("hose", "blue", "plastic", "big", "garden", "watering plants"),
+    ("bench", "black", "plastic", "big", "garden", "sitting outside"),
+    ("bucket", "blue", "plastic", "small", "garden", "carrying water"),
+    ("hammock", "white", "cloth", "big", "garden", "resting in the shade"),
+    ("garden gnome", "red", "plastic", "tiny", "garden", "decorating the lawn"),
+    ("stapler", "black", "metal", "tiny", "office", "joining papers"),
+    ("pencil", "red", "wood", "tiny", "office", "writing notes"),
+    ("paper clip", "blue", "metal", "tiny", "office", "holding papers together"),
+    ("desk", "white", "wood", "huge", "office", "working on"),
+    ("office chair", "black", "cloth", "big", "office", "sitting at work"),
+    ("filing cabinet", "black", "metal", "huge", "office", "storing files"),
 ]
 
 THINGS: tuple[Thing, ...] = tuple(Thing(*row) for row in _THINGS)
-COLOURS: tuple[str, ...] = tuple(sorted({t.colour for t in THINGS}))
-MATERIALS: tuple[str, ...] = tuple(sorted({t.material for t in THINGS}))
-SIZES: tuple[str, ...] = ("tiny", "small", "big", "huge")
-PLACES: tuple[str, ...] = tuple(sorted({t.place for t in THINGS}))
 SIZE_RANK = {size: rank for rank, size in enumerate(SIZES)}
 
 PEOPLE: tuple[str, ...] = (

@@ -1,0 +1,95 @@
+"""The warm worker (flows/warm.py): stages it runs behave like stage processes, it serves
+only the code it imported, and killing a stage process kills the stage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from .conftest import Project
+
+pytestmark = pytest.mark.slow
+
+
+def status(project: Project) -> str:
+    return project.run(sys.executable, "-m", "flows.warm", "status").stdout
+
+
+def wait_for_worker(project: Project, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = status(project)
+        if out.startswith("warm worker") and "code current" in out:
+            return out
+        time.sleep(1)
+    raise AssertionError(f"no warm worker started: {out}")
+
+
+def served(project: Project) -> int:
+    return int(status(project).split(": ")[1].split()[0])
+
+
+def test_a_stage_in_the_warm_worker_is_the_stage_in_its_own_process(project):
+    local = project.run(sys.executable, "-m", "flows.prepare", "--help", env={**project.env, "ZFLORA_WARM": "0"})
+    project.run(sys.executable, "-m", "flows.prepare", "--help")  # starts the worker
+    wait_for_worker(project)
+    before = served(project)
+    warm = project.run(sys.executable, "-m", "flows.prepare", "--help")
+    assert served(project) == before + 1
+    assert warm.stdout == local.stdout
+    # a user error: same exit status and one line on stderr
+    bad = project.run(sys.executable, "-m", "flows.prepare", "--task", "no-such-task", check=False)
+    assert served(project) == before + 2
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "zflora: error:" in bad.stderr and "no-such-task" in bad.stderr
+    # and a real stage, whose outputs match the ones its own process wrote
+    out = project.root / "artifacts" / "data" / "embedded-math"
+    reference = {p.name: p.read_bytes() for p in out.iterdir()}
+    project.run(sys.executable, "-m", "flows.prepare", "--task", "embedded-math")
+    assert served(project) == before + 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+
+
+def test_edited_code_is_never_served_by_an_old_worker(project):
+    project.run(sys.executable, "-m", "flows.prepare", "--help")
+    first = wait_for_worker(project).split()[3].rstrip(":")
+    layout = project.root / "flows" / "layout.py"
+    layout.write_text(layout.read_text() + "\n# edited\n")
+    out = project.run(sys.executable, "-m", "flows.prepare", "--help")  # declined: runs in its own process
+    assert out.returncode == 0
+    second = wait_for_worker(project).split()[3].rstrip(":")
+    assert second != first  # the stale worker left; a fresh one imported the edited code
+
+
+def test_killing_the_stage_process_kills_the_stage(project):
+    path = project.root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["train"].update(max_steps=100_000, save_steps=100_000)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    project.run(sys.executable, "-m", "flows.prepare", "--help")
+    wait_for_worker(project)
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "flows.train", "--task", "embedded-math", "--method", "zflora"],
+        cwd=project.root,
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "1 running" not in status(project):
+            assert stage.poll() is None and time.monotonic() < deadline, status(project)
+            time.sleep(0.5)
+        time.sleep(3)  # let it get into training
+    finally:
+        stage.send_signal(signal.SIGKILL)
+        stage.wait()
+    deadline = time.monotonic() + 10
+    while "0 running" not in status(project):
+        assert time.monotonic() < deadline, "the stage kept running after its process was killed"
+        time.sleep(0.2)
