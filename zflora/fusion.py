@@ -197,7 +197,9 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
     ends = _stream_end_slices(fused, weights, layout, d) if weights is not None else {}
     for key, tensor in [*tensors.items(), *ends.items()]:
         if not torch.isfinite(tensor).all():
-            raise ZFLoRAError(f"adapter {weights.source!r} has non-finite values in {key}; not fusing it (re-train it)")
+            raise ZFLoRAError(
+                f"adapter {weights.source!r} has non-finite values in {key}; not fusing it (re-train it)"
+            )
 
     def put(target: torch.Tensor, value: torch.Tensor | None, dim: int) -> None:
         """`target` holds the adapter channels along `dim`: write `value` into the first r, zero the rest."""

@@ -40,7 +40,9 @@ class Project:
         self, *cmd: str, timeout: float = 600, check: bool = True, **kwargs
     ) -> subprocess.CompletedProcess:
         kwargs.setdefault("env", self.env)
-        out = subprocess.run(list(cmd), cwd=self.root, capture_output=True, text=True, timeout=timeout, **kwargs)
+        out = subprocess.run(
+            list(cmd), cwd=self.root, capture_output=True, text=True, timeout=timeout, **kwargs
+        )
         if check and out.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"

@@ -35,7 +35,9 @@ def served(project: Project) -> int:
 
 
 def test_a_stage_in_the_warm_worker_is_the_stage_in_its_own_process(project):
-    local = project.run(sys.executable, "-m", "flows.prepare", "--help", env={**project.env, "ZFLORA_WARM": "0"})
+    local = project.run(
+        sys.executable, "-m", "flows.prepare", "--help", env={**project.env, "ZFLORA_WARM": "0"}
+    )
     project.run(sys.executable, "-m", "flows.prepare", "--help")  # starts the worker
     wait_for_worker(project)
     before = served(project)

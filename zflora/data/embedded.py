@@ -87,7 +87,9 @@ def _commonsense_item(rng: random.Random) -> tuple[str, Thing, str]:
     """One question about one thing: (question, the thing, the property asked)."""
     thing: Thing = rng.choice(world.THINGS)
     kind = rng.choice(tuple(_TEMPLATES))
-    question = rng.choice(_TEMPLATES[kind]).format(the=thing.name, a=f"{world.article(thing.name)} {thing.name}")
+    question = rng.choice(_TEMPLATES[kind]).format(
+        the=thing.name, a=f"{world.article(thing.name)} {thing.name}"
+    )
     return question, thing, kind
 
 
@@ -125,7 +127,11 @@ def commonsense(split: str, n: int, seed: int) -> list[tuple[str, str, str]]:
         if position != index % 4:  # draw until the letter is the next one in turn: balanced
             return None
         letter = LETTERS[position]
-        return mc_prompt(question, list(options)), f" {fact_sentence(thing, kind)} The answer is {letter}.", letter
+        return (
+            mc_prompt(question, list(options)),
+            f" {fact_sentence(thing, kind)} The answer is {letter}.",
+            letter,
+        )
 
     return _collect(make, split, n, "embedded-commonsense")
 
@@ -156,7 +162,9 @@ def _math_item(rng: random.Random) -> tuple[str, list[str], int]:
         return text, [f"{a} - {b} = {a - b}."], a - b
     if form == 2:  # a * b
         a, b = rng.randint(2, 5), rng.randint(2, 5)
-        text = f"{name} has {a} {boxes}. Each {box} holds {b} {many}. How many {many} does {name} have in total?"
+        text = (
+            f"{name} has {a} {boxes}. Each {box} holds {b} {many}. How many {many} does {name} have in total?"
+        )
         return text, [f"{a} * {b} = {a * b}."], a * b
     if form == 3:  # a + b - c
         a, b = rng.randint(1, 9), rng.randint(1, 9)
