@@ -3,12 +3,14 @@
     from zflora.data.corpus import general_corpus
     docs = general_corpus(seed=0, n_docs=6000)
 
-Short documents of four kinds, each with several templates: facts about the objects of
+Short documents of five kinds, each with several templates: facts about the objects of
 `world.THINGS` (colour, material, size, place, use, size comparisons, little stories),
 arithmetic statements and small number stories (covering every step the math problems
-need), two-person small-talk dialogues, and third-person accounts of plans. They teach the base model the world and the language the
-embedded tasks use, but never a task's format: no "Question:", option letters, "Answer:",
-"The answer is", "Dialogue:" or "Summary:" appear, and no task prompt does (tested).
+need), two-person small-talk dialogues, third-person accounts of plans, and everyday
+sentences with letters as words ("flat B") and questions that get answers. They teach
+the base model the world and the language the embedded tasks use, but never a task's
+format: no "Question:", lettered option lists, "Answer:", "The answer is", "Dialogue:" or
+"Summary:" appear, and no task prompt does (tested).
 """
 
 from __future__ import annotations
@@ -163,8 +165,32 @@ def _account(rng: random.Random) -> str:
     )
 
 
+def _letters_and_questions(rng: random.Random) -> str:
+    """Letters as words and questions with answers, in everyday sentences (never a quiz).
+
+    Without these a byte-level tokenizer trained on the rest never makes " B" or "answer"
+    tokens, and the model never learns to write them.
+    """
+    a, b = world.pick_people(rng, 2)
+    first, second = rng.sample("ABCD", 2)
+    thing, day = rng.choice(world.THINGS), rng.choice(world.DAYS)
+    return rng.choice(
+        (
+            f"{a} lives in flat {first} and {b} lives in flat {second}.",
+            f"The bus to the park leaves from gate {first} on {day}.",
+            f"{a} sat in row {first} at the cinema, and {b} sat in row {second}.",
+            f"{a} put the {thing.name} in box {first}. {b} looked in box {second} first.",
+            f"The letters A, B, C and D come first. {a} wrote the letter {first} and {b} wrote {second}.",
+            f"{a} asked {b} a question about the {thing.name}, and {b} knew the answer.",
+            f"{b} did not know the answer, so {b} asked {a}. The answer was in the book.",
+            f"Plan {first} was to {rng.choice(world.ACTIVITIES)[0]}; plan {second} was to stay home.",
+        )
+    )
+
+
 def general_corpus(seed: int, n_docs: int) -> list[str]:
     """`n_docs` short documents (world facts, arithmetic, dialogues, accounts), deterministic in `seed`."""
     rng = random.Random(f"general-corpus:{seed}")
-    makers = (_world_doc, _world_doc, _world_doc, _arithmetic_doc, _arithmetic_doc, _small_talk, _account)
+    makers = (_world_doc, _world_doc, _world_doc, _arithmetic_doc, _arithmetic_doc, _small_talk, _account,
+              _letters_and_questions)  # fmt: skip
     return [rng.choice(makers)(rng) for _ in range(n_docs)]
