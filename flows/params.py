@@ -64,7 +64,7 @@ class DataParams(Section):
         None, description="folder with one sub-folder per task holding local data files"
     )
     train_size: int = Field(2000, gt=0)
-    test_size: int = Field(150, gt=0)
+    test_size: int = Field(120, gt=0)
     seed: int = 0
 
     @field_validator("tasks")

@@ -32,7 +32,12 @@ def prepare_task(task_name: str, data_params: dict[str, Any], out_dir: str) -> d
 
     spec = get_task(task_name)
     train = spec.load("train", **_options(task_name, data_params, data_params["train_size"]))
-    test = spec.load("test", **_options(task_name, data_params, data_params["test_size"]))
+    try:
+        test = spec.load("test", **_options(task_name, data_params, data_params["test_size"]))
+    except ZFLoRAError as e:
+        if "distinct test examples" not in str(e):
+            raise
+        raise ZFLoRAError(f"{e}: lower data.test_size in params.yaml") from None
     if not train or not test:
         empty = "train" if not train else "test"
         raise ZFLoRAError(

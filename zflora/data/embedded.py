@@ -308,7 +308,8 @@ def _collect(
         attempts += 1
         if attempts > budget:
             raise ZFLoRAError(
-                f"{task}: could only draw {len(items)} distinct {split} examples; ask for fewer (n={n})"
+                f"{task}: could only draw {len(items)} distinct {split} examples, not {n}; "
+                f"the task has about that many, ask for at most {len(items)}"
             )
         item = make(len(items))
         if item is None or split_of(item[0]) != split:
