@@ -70,9 +70,14 @@ def socket_path(workspace: Path | None = None) -> str:
     return os.path.join(tempfile.gettempdir(), f"zflora-warm-{os.getuid()}-{key}.sock")
 
 
-def stamp(workspace: Path | None = None) -> str:
-    """What a worker's imported code and settings depend on; cheap (a few hundred stat calls)."""
+def stamp(workspace: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """What a worker's imported code and settings depend on; cheap (a few hundred stat calls).
+
+    `env`: the environment the process started with (imports add variables of their own,
+    e.g. torch sets TORCHINDUCTOR_CACHE_DIR, which must not make a worker look stale).
+    """
     workspace = workspace or root()
+    env = os.environ if env is None else env
     h = hashlib.sha256()
     h.update(f"{sys.executable}\0{sys.version}\0{workspace}\0".encode())
     for package in PACKAGES:
@@ -82,9 +87,9 @@ def stamp(workspace: Path | None = None) -> str:
     for entry in sys.path:  # installing or removing a package changes its folder's mtime
         if entry and os.path.isdir(entry) and "site-packages" in entry:
             h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\0".encode())
-    for key in sorted(os.environ):
+    for key in sorted(env):
         if key.startswith(IMPORT_TIME_ENV) and key not in RUN_ENV:
-            h.update(f"{key}={os.environ[key]}\0".encode())
+            h.update(f"{key}={env[key]}\0".encode())
     return h.hexdigest()
 
 
@@ -211,10 +216,13 @@ def serve() -> int:
     import time
 
     lock_fd = int(os.environ.pop("ZFLORA_WARM_LOCK_FD", "-1"))
-    my_stamp = stamp()  # before importing: code edited meanwhile makes this worker stale
+    start_env = dict(os.environ)
+    my_stamp = stamp(env=start_env)  # before importing: code edited meanwhile makes this worker stale
     path = socket_path()
     for name in PRELOAD:
         importlib.import_module(name)
+    # variables the imports set for themselves: a stage process would have them too
+    added_env = {k: v for k, v in os.environ.items() if k not in start_env}
     if threading.active_count() != 1:  # forking a process that has threads is not safe
         return 1
     idle_s = float(os.environ.get("ZFLORA_WARM_IDLE_S", "120"))
@@ -259,7 +267,7 @@ def serve() -> int:
             for sock in readable:
                 if sock is listener:
                     conn, _ = listener.accept()
-                    verdict = _accept(conn, my_stamp, listener, children, stats)
+                    verdict = _accept(conn, my_stamp, listener, children, stats, added_env)
                     if isinstance(verdict, int):
                         children[verdict] = conn
                     elif verdict in ("stale", "stop"):
@@ -295,7 +303,7 @@ def serve() -> int:
                     gone = os.stat(path).st_ino != inode
                 except OSError:
                     gone = True
-                if gone or stamp() != my_stamp:
+                if gone or stamp(env=start_env) != my_stamp:
                     close_listener()
     finally:
         close_listener()
@@ -316,7 +324,12 @@ def _kill_group(pid: int) -> None:
 
 
 def _accept(
-    conn: socket.socket, my_stamp: str, listener: socket.socket, children: dict, stats: dict
+    conn: socket.socket,
+    my_stamp: str,
+    listener: socket.socket,
+    children: dict,
+    stats: dict,
+    added_env: dict[str, str],
 ) -> int | str:
     """Read one request and fork its child: the child's pid, or why not ('stale', 'stop', 'bad', 'status')."""
     fds: list[int] = []
@@ -364,7 +377,7 @@ def _accept(
     conn.settimeout(None)
     pid = os.fork()
     if pid == 0:
-        _run_child(request, fds, [listener, conn, *children.values()])
+        _run_child(request, fds, [listener, conn, *children.values()], added_env)
     for fd in fds:
         os.close(fd)
     stats["served"] += 1
@@ -375,7 +388,9 @@ def _accept(
     return pid
 
 
-def _run_child(request: dict, fds: list[int], sockets: list[socket.socket]) -> None:
+def _run_child(
+    request: dict, fds: list[int], sockets: list[socket.socket], added_env: dict[str, str]
+) -> None:
     """In the forked child: become the stage process that asked, run it, exit with its status."""
     import atexit
     import importlib
@@ -398,6 +413,8 @@ def _run_child(request: dict, fds: list[int], sockets: list[socket.socket]) -> N
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        for key, value in added_env.items():
+            os.environ.setdefault(key, value)
         module = importlib.import_module(request["module"])
         sys.argv = [module.__file__, *request["argv"]]
         sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())
