@@ -478,9 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     if info is None:
         print("no warm worker is running for this workspace")
     else:
-        current = "current" if info["stamp"] == stamp() else "stale (exits soon)"
+        same = "matches" if info["stamp"] == stamp() else "does not match"
         print(
-            f"warm worker pid {info['pid']}: {info['served']} stages served, {len(info['children'])} running, code {current}"
+            f"warm worker pid {info['pid']}: {info['served']} stages served, {len(info['children'])} running; "
+            f"its code and environment {same} this shell's"
         )
     return 0
 

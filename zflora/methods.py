@@ -25,7 +25,7 @@ TRAINED_METHODS = ("lora", "zflora", "zflora-mha", "fft")
 # zflora-mha adapts the attention blocks only (the paper's zFLoRA-MHA variant)
 ZFLORA_BLOCKS = {"zflora": ("attn", "mlp"), "zflora-mha": ("attn",)}
 # default learning rates per method (adapters tolerate far larger steps than full fine-tuning)
-DEFAULT_LEARNING_RATES = {"lora": 5e-3, "zflora": 1e-2, "zflora-mha": 1e-2, "fft": 3e-4}
+DEFAULT_LEARNING_RATES = {"lora": 5e-3, "zflora": 1e-2, "zflora-mha": 1e-2, "fft": 1e-3}
 
 
 def check_method(method: str) -> str:

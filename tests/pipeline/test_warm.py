@@ -24,7 +24,7 @@ def wait_for_worker(project: Project, timeout: float = 180) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = status(project)
-        if out.startswith("warm worker") and "code current" in out:
+        if out.startswith("warm worker") and " matches this shell" in out:
             return out
         time.sleep(1)
     raise AssertionError(f"no warm worker started: {out}")
@@ -32,6 +32,10 @@ def wait_for_worker(project: Project, timeout: float = 180) -> str:
 
 def served(project: Project) -> int:
     return int(status(project).split(": ")[1].split()[0])
+
+
+def running(project: Project) -> int:
+    return int(status(project).split(", ")[1].split()[0])
 
 
 def test_a_stage_in_the_warm_worker_is_the_stage_in_its_own_process(project):
@@ -84,7 +88,7 @@ def test_killing_the_stage_process_kills_the_stage(project):
     )
     try:
         deadline = time.monotonic() + 60
-        while "1 running" not in status(project):
+        while running(project) != 1:
             assert stage.poll() is None and time.monotonic() < deadline, status(project)
             time.sleep(0.5)
         time.sleep(3)  # let it get into training
@@ -92,6 +96,6 @@ def test_killing_the_stage_process_kills_the_stage(project):
         stage.send_signal(signal.SIGKILL)
         stage.wait()
     deadline = time.monotonic() + 10
-    while "0 running" not in status(project):
+    while running(project) != 0:
         assert time.monotonic() < deadline, "the stage kept running after its process was killed"
         time.sleep(0.2)
