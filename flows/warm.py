@@ -309,7 +309,20 @@ def serve() -> int:
         close_listener()
         for pid in children:
             _kill_group(pid)
+        _remove_spawn_lock(path + ".lock")
     return 0
+
+
+def _remove_spawn_lock(lock_path: str) -> None:
+    """Leave no lock file behind in the temp folder, unless a stage is starting a worker now."""
+    import fcntl
+
+    try:
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(lock_path)
+    except OSError:
+        pass
 
 
 def _kill_group(pid: int) -> None:
@@ -478,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     if info is None:
         print("no warm worker is running for this workspace")
     else:
-        same = "matches" if info["stamp"] == stamp() else "does not match"
+        same = "match" if info["stamp"] == stamp() else "do not match"
         print(
             f"warm worker pid {info['pid']}: {info['served']} stages served, {len(info['children'])} running; "
             f"its code and environment {same} this shell's"

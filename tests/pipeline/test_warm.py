@@ -24,7 +24,7 @@ def wait_for_worker(project: Project, timeout: float = 180) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = status(project)
-        if out.startswith("warm worker") and " matches this shell" in out:
+        if out.startswith("warm worker") and " match this shell" in out:
             return out
         time.sleep(1)
     raise AssertionError(f"no warm worker started: {out}")
