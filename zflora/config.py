@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ZFLoRAError
+from .errors import ZFLoRAError, check_fields
 
 BLOCKS = ("attn", "mlp")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -72,14 +72,7 @@ class ZFLoRAConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "adapter config") -> ZFLoRAConfig:
         """Build a config from JSON data, rejecting unknown fields with a clear message."""
-        if not isinstance(data, dict):
-            raise ZFLoRAError(
-                f"{source}: expected a JSON object of ZFLoRAConfig fields, got {type(data).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ZFLoRAError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        check_fields(cls, data, source, kind="a JSON object")
         data = dict(data)
         if "blocks" in data and isinstance(data["blocks"], list):
             data["blocks"] = tuple(data["blocks"])

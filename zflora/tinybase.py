@@ -24,7 +24,7 @@ import torch
 
 from .atomic import atomic_dir
 from .data.corpus import general_corpus
-from .errors import ZFLoRAError
+from .errors import ZFLoRAError, check_fields
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 __all__ = [
@@ -146,14 +146,7 @@ class TinyBaseSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "tiny base settings") -> TinyBaseSettings:
         """Settings from a mapping (e.g. a params.yaml section); unknown keys are an error."""
-        if not isinstance(data, dict):
-            raise ZFLoRAError(
-                f"{source}: expected a mapping of TinyBaseSettings fields, got {type(data).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ZFLoRAError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        check_fields(cls, data, source)
         return cls(**data)
 
 

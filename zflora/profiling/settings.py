@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ZFLoRAError
+from ..errors import ZFLoRAError, check_fields
 
 CLOCKS = ("wall", "cpu")
 VARIANTS = ("base", "lora", "lora-merged", "zflora", "zflora-fused")
@@ -222,14 +222,7 @@ class ProfileSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "profile settings") -> ProfileSettings:
         """Settings from a params.yaml section or JSON, rejecting unknown keys with a clear message."""
-        if not isinstance(data, dict):
-            raise ZFLoRAError(
-                f"{source}: expected a mapping of ProfileSettings fields, got {type(data).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ZFLoRAError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        check_fields(cls, data, source, noun="key")
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         try:
             return cls(**data)
