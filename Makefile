@@ -30,7 +30,7 @@ run: install
 	@$(BIN)/python -m flows.summary
 
 demo: install
-	$(BIN)/python -m zflora.demo --out demo_out
+	$(BIN)/python -m zflora.harness.demo --out demo_out
 
 test: install
 	$(BIN)/python -m pytest -q

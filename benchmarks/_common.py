@@ -1,6 +1,6 @@
 """Shared by cpu_profile.py and gpu_profile.py: run a suite of profiles, check the targets, write a summary.
 
-Each configuration is profiled with zflora.profiling.run_profile into
+Each configuration is profiled with zflora.harness.profiling.run_profile into
 `<results>/<suite>/<config>/` (profile.json, profile.md, three PNGs); after every
 configuration the suite summary `<results>/<suite>.json` and `.md` is rewritten
 atomically, so a run cut short still leaves the configurations it finished.
@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zflora.atomic import atomic_file  # noqa: E402
-from zflora.profiling import ProfileSettings, run_profile  # noqa: E402
-from zflora.profiling.report import describe_model, markdown_report  # noqa: E402
+from zflora.harness.profiling import ProfileSettings, run_profile  # noqa: E402
+from zflora.harness.profiling.report import describe_model, markdown_report  # noqa: E402
+from zflora.method.atomic import atomic_file  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWITCH_TARGET = 20.0  # zFLoRA swap at least this many times faster than PEFT's merged-adapter switch

@@ -25,10 +25,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zflora.profiling import ProfileSettings, build_variants, ratio_interval, round_robin  # noqa: E402
-from zflora.profiling.measure import decode_sampler  # noqa: E402
-from zflora.profiling.timing import Clock  # noqa: E402
-from zflora.profiling.variants import ADAPTERS, share_weights  # noqa: E402
+from zflora.harness.profiling import ProfileSettings, build_variants, ratio_interval, round_robin  # noqa: E402
+from zflora.harness.profiling.measure import decode_sampler  # noqa: E402
+from zflora.harness.profiling.timing import Clock  # noqa: E402
+from zflora.harness.profiling.variants import ADAPTERS, share_weights  # noqa: E402
 
 
 class NarrowHead(nn.Module):

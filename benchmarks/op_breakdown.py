@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zflora.profiling import ProfileSettings, build_variants  # noqa: E402
-from zflora.profiling.measure import CACHE_KW, _cache_of  # noqa: E402
+from zflora.harness.profiling import ProfileSettings, build_variants  # noqa: E402
+from zflora.harness.profiling.measure import CACHE_KW, _cache_of  # noqa: E402
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"}
 

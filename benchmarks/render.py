@@ -12,7 +12,7 @@ import json
 
 from _common import RESULTS, check_targets, write_summary
 
-from zflora.profiling import write_markdown, write_plots
+from zflora.harness.profiling import write_markdown, write_plots
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     from flows.params import load_params
     params = load_params("params.yaml")      # ParamsError (one line) on a bad key or value
 
-Sections embed the library's own validated settings (zflora.tinybase.TinyBaseSettings)
+Sections embed the library's own validated settings (zflora.harness.tinybase.TinyBaseSettings)
 so a value is checked by the same code that uses it.
 """
 
@@ -15,10 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zflora.data import TASKS
 from zflora.errors import ZFLoRAError
-from zflora.methods import METHODS
-from zflora.tinybase import TinyBaseSettings
+from zflora.harness.data import TASKS
+from zflora.harness.methods import METHODS
+from zflora.harness.tinybase import TinyBaseSettings
 
 DEFAULT_PARAMS = "params.yaml"
 EMBEDDED = "embedded"
@@ -165,7 +165,7 @@ class ProfileParams(Section):
     @field_validator("targets")
     @classmethod
     def _targets(cls, targets: list[str]) -> list[str]:
-        from zflora.profiling import PRESETS
+        from zflora.harness.profiling import PRESETS
 
         unknown = [t for t in targets if t != "base" and t not in PRESETS]
         if unknown:
@@ -175,8 +175,8 @@ class ProfileParams(Section):
         return targets
 
     def settings(self, target: str, model_dir: str | None, r: int) -> Any:
-        """zflora.profiling.ProfileSettings for one target (validated there as well)."""
-        from zflora.profiling import ProfileSettings
+        """zflora.harness.profiling.ProfileSettings for one target (validated there as well)."""
+        from zflora.harness.profiling import ProfileSettings
 
         fields = self.model_dump(exclude={"targets", "layers", "r"})
         where = (

@@ -80,40 +80,9 @@ def run(flow: Any, args: argparse.Namespace, **parameters: Any) -> int:
         api_url = ensure_api()
     except ZFLoRAError as e:
         return fail(str(e))
-    try:
-        runner = task_runner_from_env()
-    except ZFLoRAError as e:
-        return fail(str(e))
-    if runner is not None:
-        flow = flow.with_options(task_runner=runner)
     quiet_user_errors()
     state = run_with_api(flow, api_url, params_path=args.params, **parameters)
     return exit_code(state)
-
-
-def task_runner_from_env() -> Any:
-    """ZFLORA_TASK_RUNNER=dask|ray (optionally ZFLORA_TASK_RUNNER_ADDRESS) -> a Prefect task runner."""
-    import os
-
-    kind = os.environ.get("ZFLORA_TASK_RUNNER", "").strip().lower()
-    address = os.environ.get("ZFLORA_TASK_RUNNER_ADDRESS") or None
-    if kind in ("", "thread", "default"):
-        return None
-    if kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError:
-            raise ZFLoRAError(
-                "ZFLORA_TASK_RUNNER=dask needs prefect-dask: pip install prefect-dask"
-            ) from None
-        return DaskTaskRunner(address=address) if address else DaskTaskRunner()
-    if kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise ZFLoRAError("ZFLORA_TASK_RUNNER=ray needs prefect-ray: pip install prefect-ray") from None
-        return RayTaskRunner(address=address) if address else RayTaskRunner()
-    raise ZFLoRAError(f"ZFLORA_TASK_RUNNER must be thread, dask or ray, got {kind!r}")
 
 
 def exit_code(state: Any) -> int:

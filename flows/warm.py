@@ -47,8 +47,8 @@ PRELOAD = (
     "torch", "transformers", "transformers.trainer", "transformers.models.llama.modeling_llama",
     "transformers.models.qwen2.modeling_qwen2", "transformers.models.mistral.modeling_mistral",
     "peft", "safetensors.torch", "tokenizers", "mlflow", "prefect", "prefect.states",
-    "zflora", "zflora.model", "zflora.methods", "zflora.train", "zflora.evaluate", "zflora.generation",
-    "zflora.fusion", "zflora.export", "zflora.profiling", "zflora.tinybase", "zflora.data",
+    "zflora", "zflora.method.model", "zflora.harness.methods", "zflora.harness.train", "zflora.harness.evaluate", "zflora.harness.generation",
+    "zflora.method.fusion", "zflora.method.export", "zflora.harness.profiling", "zflora.harness.tinybase", "zflora.harness.data",
     "flows.base", "flows.prepare", "flows.train", "flows.evaluate", "flows.fuse", "flows.profile", "flows.report",
 )  # fmt: skip
 STAGE_MODULES = tuple(m for m in PRELOAD if m.startswith("flows."))

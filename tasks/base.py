@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect import task
 
-from zflora.fingerprint import base_fingerprint
-from zflora.loading import load_causal_lm
+from zflora.method.fingerprint import base_fingerprint
+from zflora.method.loading import load_causal_lm
 
 from .io import read_json, write_json
 from .tracking import log_json_artifact, log_numeric_metrics
@@ -31,12 +31,12 @@ def resolve_base(model_params: dict[str, Any], out_dir: str) -> dict[str, Any]:
     (proving it is reachable and supported) and record its name and fingerprint."""
     import mlflow
 
-    from zflora.architectures import layout_for
+    from zflora.method.architectures import layout_for
 
     start = time.perf_counter()
     out = Path(out_dir)
     if model_params["name"] == "embedded":
-        from zflora.tinybase import TinyBaseSettings, pretrain_tiny_base
+        from zflora.harness.tinybase import TinyBaseSettings, pretrain_tiny_base
 
         metrics = pretrain_tiny_base(out, TinyBaseSettings(**model_params["tiny"]), progress=True)
         model, _ = load_causal_lm(out, with_tokenizer=False)

@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import task
 
-from zflora.atomic import atomic_dir
-from zflora.data import get_task
 from zflora.errors import ZFLoRAError
+from zflora.harness.data import get_task
+from zflora.method.atomic import atomic_dir
 
 from .io import write_examples
 from .tracking import log_json_artifact, log_numeric_metrics

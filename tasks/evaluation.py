@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect import task
 
-from zflora.data import get_task
-from zflora.evaluate import evaluate_method
+from zflora.harness.data import get_task
+from zflora.harness.evaluate import evaluate_method
 
 from .base import base_model_ref
 from .io import read_examples

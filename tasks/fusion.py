@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from zflora.export import fuse_to_directory
+from zflora.method.export import fuse_to_directory
 
 from .tracking import log_json_artifact, log_numeric_metrics
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from zflora.atomic import atomic_file
-from zflora.data import Example
 from zflora.errors import ZFLoRAError
+from zflora.harness.data import Example
+from zflora.method.atomic import atomic_file
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -26,12 +26,12 @@ class FusedGenerator(mlflow.pyfunc.PythonModel):
     """Greedy text generation with a fused zFLoRA checkpoint (a standard transformers model)."""
 
     def load_context(self, context: Any) -> None:
-        from zflora.loading import load_causal_lm
+        from zflora.method.loading import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
-        from zflora.generation import generate_text
+        from zflora.harness.generation import generate_text
 
         prompts = _prompts(model_input)
         max_new_tokens = int((params or {}).get("max_new_tokens", 64))

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from zflora.atomic import atomic_dir
+from zflora.method.atomic import atomic_dir
 
 from .io import read_json
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from zflora.atomic import atomic_dir
+from zflora.method.atomic import atomic_dir
 
 from .base import base_model_ref
 from .io import read_examples, read_json, write_json
@@ -33,7 +33,7 @@ TRAIN_FIELDS = (
 def train_settings(
     method: str, train_params: dict[str, Any], adapter_params: dict[str, Any], dtype: str
 ) -> Any:
-    from zflora.train import TrainSettings
+    from zflora.harness.train import TrainSettings
 
     return TrainSettings(
         method=method,
@@ -74,7 +74,7 @@ def train(
             write_json(tmp / MANIFEST, summary)
         log_numeric_metrics(summary)
         return summary
-    from zflora.train import train_method
+    from zflora.harness.train import train_method
 
     settings = train_settings(method, train_params, adapter_params, model_params["dtype"])
     examples = read_examples(Path(data_dir) / "train.jsonl")

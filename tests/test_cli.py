@@ -12,7 +12,7 @@ from conftest import randomize_adapter, tiny_model
 
 import zflora
 from zflora.cli import main
-from zflora.loading import load_causal_lm
+from zflora.method.loading import load_causal_lm
 
 PROMPT = "the cat sat"
 

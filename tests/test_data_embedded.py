@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from zflora.data import EMBEDDED_TASKS, get_task, load_examples, world
-from zflora.data.corpus import general_corpus
-from zflora.data.embedded import DEFAULT_SIZES, fact_sentence, split_of
+from zflora.harness.data import EMBEDDED_TASKS, get_task, load_examples, world
+from zflora.harness.data.corpus import general_corpus
+from zflora.harness.data.embedded import DEFAULT_SIZES, fact_sentence, split_of
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from zflora import ZFLoRAError
-from zflora.data import PAPER_TASKS, get_task, load_examples
-from zflora.data import hub as hub_module
+from zflora.harness.data import PAPER_TASKS, get_task, load_examples
+from zflora.harness.data import hub as hub_module
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -201,7 +201,7 @@ def test_forced_offline_restores_the_hub_flags():
 def test_hub_rows_convert_from_a_datasets_dataset_and_limit_stops_early(monkeypatch):
     import datasets
 
-    from zflora.data import registry
+    from zflora.harness.data import registry
 
     rows = [json.loads(line) for line in (FIXTURES / "gsm8k" / "test.jsonl").read_text().splitlines()]
     asked = []

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from zflora import ZFLoRAError
-from zflora.data import (
+from zflora.harness.data import (
     EMBEDDED_TASKS,
     PAPER_TASKS,
     TASKS,
@@ -20,7 +20,7 @@ from zflora.data import (
     get_task,
     load_examples,
 )
-from zflora.data.cli import run_tasks_command
+from zflora.harness.data.cli import run_tasks_command
 
 PAPER = {
     "commonsense": {

@@ -1,4 +1,4 @@
-"""The invariants of DESIGN.md section 1 (I1-I6), each as its own test, on every supported family."""
+"""The method's invariants I1-I6 (docs/method.md), each as its own test, on every supported family."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_adapter_refuses_another_base(tmp_path):
 
 def test_fingerprint_survives_dtype_cast():
     """The same weights in bfloat16 keep the fingerprint (adapters follow a base across dtypes)."""
-    from zflora.fingerprint import base_fingerprint
+    from zflora.method.fingerprint import base_fingerprint
 
     model = tiny_model("llama")
     assert base_fingerprint(model) == base_fingerprint(tiny_model("llama").to(torch.bfloat16))

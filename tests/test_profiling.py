@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zflora
-from zflora.profiling import (
+from zflora.harness.profiling import (
     ProfileSettings,
     add_profile_parser,
     build_variants,
@@ -23,11 +23,16 @@ from zflora.profiling import (
     run_profile,
     summarize,
 )
-from zflora.profiling.cli import settings_from_args
-from zflora.profiling.measure import check_variants, greedy_tokens, peak_activation_bytes, switch_samplers
-from zflora.profiling.settings import ModelShape
-from zflora.profiling.timing import Clock, cell_summary
-from zflora.profiling.variants import ADAPTERS, randomize_, share_weights, weight_bytes
+from zflora.harness.profiling.cli import settings_from_args
+from zflora.harness.profiling.measure import (
+    check_variants,
+    greedy_tokens,
+    peak_activation_bytes,
+    switch_samplers,
+)
+from zflora.harness.profiling.settings import ModelShape
+from zflora.harness.profiling.timing import Clock, cell_summary
+from zflora.harness.profiling.variants import ADAPTERS, randomize_, share_weights, weight_bytes
 
 SHAPE = ModelShape(64, 2, 4, 2, 96, 128, tie_word_embeddings=True, head_dim=16, max_position_embeddings=256)
 
@@ -200,7 +205,7 @@ def test_switch_timing_really_switches_adapters(variants, prompt):
                 logits(models["zflora-fused"], prompt), before["zflora-fused"], atol=1e-5, rtol=1e-4
             )
     finally:
-        from zflora.profiling.measure import reset_adapters
+        from zflora.harness.profiling.measure import reset_adapters
 
         reset_adapters(variants)
     torch.testing.assert_close(
@@ -209,7 +214,7 @@ def test_switch_timing_really_switches_adapters(variants, prompt):
 
 
 def test_a_local_model_directory_is_profiled_as_saved(tmp_path, prompt):
-    from zflora.profiling import build_base_model
+    from zflora.harness.profiling import build_base_model
 
     base = tiny_base(tied=False)
     base.save_pretrained(tmp_path / "tiny")

@@ -11,21 +11,21 @@ from conftest import randomize_adapter, tiny_model
 
 import zflora
 from zflora import ZFLoRAConfig, ZFLoRAError
-from zflora.atomic import atomic_dir, atomic_file
+from zflora.method.atomic import atomic_dir, atomic_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_training_with_a_non_finite_loss_stops_and_names_the_step(model_dir, tmp_path):
-    from zflora.data import Example
-    from zflora.train import TrainSettings, train_method
+    from zflora.harness.data import Example
+    from zflora.harness.train import TrainSettings, train_method
 
     examples = [Example(str(i), "the cat", " sat on the mat", "x") for i in range(16)]
     settings = TrainSettings(
         method="zflora", r=4, learning_rate=0.9, max_steps=40, batch_size=4, save_steps=100
     )
     # an absurd init scale and learning rate blow the loss up within a few steps
-    from zflora import methods
+    from zflora.harness import methods
 
     original = methods.prepare
 
@@ -37,7 +37,7 @@ def test_training_with_a_non_finite_loss_stops_and_names_the_step(model_dir, tmp
         return zm
 
     methods_prepare = pytest.MonkeyPatch()
-    methods_prepare.setattr("zflora.train.prepare", explosive)
+    methods_prepare.setattr("zflora.harness.train.prepare", explosive)
     try:
         with pytest.raises(
             ZFLoRAError, match=r"training diverged: loss is (nan|inf) at step [12]; lower the learning rate"
@@ -62,7 +62,7 @@ def test_swap_refuses_non_finite_adapter_and_leaves_the_model_untouched():
 
 
 def test_pickle_only_model_directory_is_refused(tmp_path):
-    from zflora.loading import load_causal_lm
+    from zflora.method.loading import load_causal_lm
 
     model = tiny_model()
     model.save_pretrained(tmp_path / "m", safe_serialization=True)
@@ -74,7 +74,7 @@ def test_pickle_only_model_directory_is_refused(tmp_path):
 
 
 def test_offline_hub_id_without_local_copy_is_one_clear_error(monkeypatch):
-    from zflora.loading import load_causal_lm
+    from zflora.method.loading import load_causal_lm
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
@@ -87,7 +87,7 @@ def test_remote_code_is_off_by_default():
     import inspect
 
     from flows.params import ModelParams
-    from zflora.loading import load_causal_lm, load_tokenizer
+    from zflora.method.loading import load_causal_lm, load_tokenizer
 
     assert inspect.signature(load_causal_lm).parameters["trust_remote_code"].default is False
     assert inspect.signature(load_tokenizer).parameters["trust_remote_code"].default is False

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from zflora import ZFLoRAError
-from zflora.data.corpus import general_corpus
-from zflora.tinybase import TinyBaseSettings, pretrain_tiny_base, resolve_base_model, train_tokenizer
+from zflora.harness.data.corpus import general_corpus
+from zflora.harness.tinybase import TinyBaseSettings, pretrain_tiny_base, resolve_base_model, train_tokenizer
 
 SMALL = dict(
     vocab_size=400, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,

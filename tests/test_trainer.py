@@ -8,7 +8,7 @@ from conftest import tiny_model
 from torch.utils.data import Dataset
 
 import zflora
-from zflora import methods
+from zflora.harness import methods
 
 
 class ToyBatch(Dataset):

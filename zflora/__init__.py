@@ -7,7 +7,7 @@
     fused = zm.fuse()                             # same class, hidden size d + r, no extra kernels
     zflora.swap_adapter(fused, "adapters/chat")   # switch tasks in place
 
-Names are imported on first use, so `import zflora.data` (task registry) or the CLI's
+Names are imported on first use, so `import zflora.harness.data` (task registry) or the CLI's
 help do not pay for importing torch and transformers.
 """
 
@@ -16,19 +16,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import ZFLoRAError
+from zflora.errors import ZFLoRAError
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AdapterWeights": ".adapter_file",
-    "read_adapter": ".adapter_file",
-    "SUPPORTED_ARCHITECTURES": ".architectures",
-    "ZFLoRAConfig": ".config",
-    "fused_width": ".fusion",
-    "swap_adapter": ".fusion",
-    "ZFLoRAModel": ".model",
-    "get_zflora_model": ".model",
+    "AdapterWeights": ".method.adapter_file",
+    "read_adapter": ".method.adapter_file",
+    "SUPPORTED_ARCHITECTURES": ".method.architectures",
+    "ZFLoRAConfig": ".method.config",
+    "fused_width": ".method.fusion",
+    "swap_adapter": ".method.fusion",
+    "ZFLoRAModel": ".method.model",
+    "get_zflora_model": ".method.model",
 }
 
 __all__ = [
@@ -54,8 +54,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .adapter_file import AdapterWeights, read_adapter
-    from .architectures import SUPPORTED as SUPPORTED_ARCHITECTURES
-    from .config import ZFLoRAConfig
-    from .fusion import fused_width, swap_adapter
-    from .model import ZFLoRAModel, get_zflora_model
+    from zflora.method.adapter_file import AdapterWeights, read_adapter
+    from zflora.method.architectures import SUPPORTED as SUPPORTED_ARCHITECTURES
+    from zflora.method.config import ZFLoRAConfig
+    from zflora.method.fusion import fused_width, swap_adapter
+    from zflora.method.model import ZFLoRAModel, get_zflora_model

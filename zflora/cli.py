@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from .errors import ZFLoRAError
+from zflora.errors import ZFLoRAError
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from .export import fuse_to_directory
+    from zflora.method.export import fuse_to_directory
 
     summary = fuse_to_directory(
         args.base,
@@ -36,9 +36,9 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def _cmd_swap(args: argparse.Namespace) -> int:
-    from .atomic import atomic_dir
-    from .fusion import fused_meta, swap_adapter
-    from .loading import check_model_dir, load_causal_lm
+    from zflora.method.atomic import atomic_dir
+    from zflora.method.fusion import fused_meta, swap_adapter
+    from zflora.method.loading import check_model_dir, load_causal_lm
 
     check_model_dir(args.model)
     adapter = None if args.adapter.lower() == "none" else args.adapter
@@ -55,7 +55,7 @@ def _cmd_swap(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import generate_text, load_for_generation
+    from zflora.harness.generation import generate_text, load_for_generation
 
     model, tokenizer = load_for_generation(
         args.model, args.adapter, dtype=args.dtype, trust_remote_code=args.trust_remote_code
@@ -119,31 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(generate)
     generate.set_defaults(func=_cmd_generate)
 
-    for register in _optional_parsers():
-        register(sub)
+    from zflora.harness.data import add_tasks_parser
+    from zflora.harness.profiling import add_profile_parser
+
+    add_tasks_parser(sub)  # subcommands that live with their modules
+    add_profile_parser(sub)
     return parser
 
 
-def _optional_parsers() -> list[Callable]:
-    """Subcommands that live with their modules (tasks, profile)."""
-    registers = []
-    try:
-        from .data import add_tasks_parser
-
-        registers.append(add_tasks_parser)
-    except ImportError:  # pragma: no cover - module absent in a partial install
-        pass
-    try:
-        from .profiling import add_profile_parser
-
-        registers.append(add_profile_parser)
-    except ImportError:  # pragma: no cover
-        pass
-    return registers
-
-
 def _version() -> str:
-    from . import __version__
+    from zflora import __version__
 
     return __version__
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ import pytest
 import yaml
 
 from flows.params import ParamsError, load_params, parse_params
-from zflora.errors import ZFLoRAError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [ROOT / "params.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
@@ -103,22 +101,3 @@ def test_a_stage_refuses_bad_params_before_starting_anything(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == f"zflora: error: {bad}: adapter.r: Input should be greater than 0 (got -3)"
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / ".prefect").exists()
-
-
-@pytest.mark.parametrize(
-    "value,message",
-    [
-        ("dask", "needs prefect-dask: pip install prefect-dask"),
-        ("spark", "must be thread, dask or ray, got 'spark'"),
-    ],
-)
-def test_task_runner_setting_is_checked(monkeypatch, value, message):
-    from flows.stage import task_runner_from_env
-
-    monkeypatch.setenv("ZFLORA_TASK_RUNNER", value)
-    if value == "dask" and importlib.util.find_spec("prefect_dask") is not None:
-        pytest.skip("prefect-dask is installed here, so the runner builds")
-    with pytest.raises(ZFLoRAError, match=message):
-        task_runner_from_env()
-    monkeypatch.setenv("ZFLORA_TASK_RUNNER", "thread")
-    assert task_runner_from_env() is None

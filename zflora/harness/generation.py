@@ -1,0 +1,124 @@
+"""Batched greedy generation (left padding, KV cache) and model references for `zflora generate`.
+
+A model reference is a local directory, a hub id, or a URI such as
+`models:/zflora-tiny-embedded-math@latest`. URI schemes are resolved by plugins
+registered under the `zflora.model_resolvers` entry-point group (the pipeline's
+`tasks` package registers MLflow's `models:/` and `runs:/`), so the library itself
+never imports a tracking server's client.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from zflora.errors import ZFLoRAError
+
+RESOLVER_GROUP = "zflora.model_resolvers"
+
+
+def resolve_model_ref(ref: str) -> str:
+    """A local path for `ref`: URIs go through the registered resolver for their scheme."""
+    if ":/" not in ref or Path(ref).exists():
+        return ref
+    scheme = ref.split(":", 1)[0]
+    resolvers = {ep.name: ep for ep in entry_points(group=RESOLVER_GROUP)}
+    if scheme not in resolvers:
+        known = sorted(resolvers) or ["none installed"]
+        raise ZFLoRAError(
+            f"no resolver for {scheme}:/ model URIs (known: {', '.join(known)}); install the project with "
+            "`pip install -e .` so the pipeline's MLflow resolver is registered, or pass a local directory"
+        )
+    return str(resolvers[scheme].load()(ref))
+
+
+def load_for_generation(
+    ref: str, adapter: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
+) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) for a model reference, with an optional zFLoRA adapter applied.
+
+    On a fused model the adapter is swapped in place; on a plain base it runs in the
+    unfused training form.
+    """
+    from zflora.method.fusion import META_KEY, swap_adapter
+    from zflora.method.loading import load_causal_lm
+
+    path = resolve_model_ref(ref)
+    model, tokenizer = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        raise ZFLoRAError(f"model {ref!r} has no tokenizer files; save the tokenizer next to the model")
+    if adapter is not None:
+        if isinstance(getattr(model.config, META_KEY, None), dict):
+            swap_adapter(model, adapter)
+        else:
+            from zflora.method.adapter_file import read_adapter
+            from zflora.method.model import get_zflora_model
+
+            weights = read_adapter(adapter)
+            zm = get_zflora_model(model, weights.config, adapter_name=weights.name)
+            zm.load_adapter(weights)
+            model = zm
+    model.eval()
+    return model, tokenizer
+
+
+def context_length(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+@torch.no_grad()
+def generate_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: bool = False,
+    labels: list[str] | None = None,
+) -> list[str]:
+    """Greedy completions (prompt removed, special tokens skipped) for each prompt.
+
+    Prompts are batched with left padding so every row's last real token sits at the
+    end; generation uses the KV cache. A prompt that cannot fit the model's context
+    together with `max_new_tokens` is refused with a ZFLoRAError naming it.
+    """
+    if max_new_tokens <= 0:
+        raise ZFLoRAError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    limit = context_length(model)
+    device = next(model.parameters()).device
+    completions: list[str] = []
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        batch = prompts[start : start + batch_size]
+        encoded = tokenizer(batch, return_tensors="pt", padding=True)
+        if limit is not None:
+            lengths = encoded["attention_mask"].sum(dim=1).tolist()
+            for offset, length in enumerate(lengths):
+                if length + max_new_tokens > limit:
+                    name = labels[start + offset] if labels else f"prompt {start + offset}"
+                    raise ZFLoRAError(
+                        f"{name} is {length} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
+                        f"context of {limit} tokens; shorten the prompt or lower max_new_tokens"
+                    )
+        encoded = {k: v.to(device) for k, v in encoded.items()}
+        output = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        completions += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return completions

@@ -1,0 +1,302 @@
+"""Fine-tune a prepared model on a task's examples with HF Trainer (loss on answer tokens only).
+
+    from zflora.harness.train import TrainSettings, train_method
+    metrics = train_method("models/base", examples, "out/adapter", TrainSettings(method="zflora", r=16))
+
+Every method goes through the same entry point and the same Trainer, so `torchrun`
+(DDP) and `accelerate launch` work unchanged. Checkpoints are written every
+`save_steps` into a work directory next to the output; a rerun after a crash or a kill
+resumes from the last complete checkpoint (same settings, same data) instead of starting
+over. A non-finite loss stops training with an error that names the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from zflora.errors import ZFLoRAError
+from zflora.harness.methods import DEFAULT_LEARNING_RATES, TRAINED_METHODS, prepare, save_trained
+from zflora.method.atomic import write_text
+from zflora.method.model import ZFLoRAModel
+
+IGNORE_INDEX = -100
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class TrainSettings:
+    """How to fine-tune one method on one task."""
+
+    method: str = field(default="zflora", metadata={"help": "lora, zflora, zflora-mha or fft"})
+    r: int = field(default=16, metadata={"help": "adapter rank (lora and zflora)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
+    learning_rate: float | None = field(default=None, metadata={"help": "None: the method's default"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training examples"})
+    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_seq_len: int = field(default=256, metadata={"help": "longer examples lose the start of their prompt"})
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    seed: int = 0
+    save_steps: int = field(
+        default=50, metadata={"help": "checkpoint period (steps); resume point after a kill"}
+    )
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (training precision)"})
+
+    def __post_init__(self) -> None:
+        if self.method not in TRAINED_METHODS:
+            raise ZFLoRAError(
+                f"cannot train method {self.method!r}; trainable methods are {list(TRAINED_METHODS)}"
+            )
+        positive = {
+            "r": self.r,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "max_seq_len": self.max_seq_len,
+            "save_steps": self.save_steps,
+            "logging_steps": self.logging_steps,
+        }
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ZFLoRAError(f"train setting {name} must be a positive integer, got {value!r}")
+        if self.learning_rate is not None and not (0 < self.learning_rate < 1):
+            raise ZFLoRAError(f"train setting learning_rate must be in (0, 1), got {self.learning_rate!r}")
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ZFLoRAError(f"train setting epochs must be > 0 (or set max_steps), got {self.epochs!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ZFLoRAError(f"train setting dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+
+
+class SupervisedDataset(Dataset):
+    """prompt + target + EOS; labels cover the target and EOS only (prompt tokens are -100)."""
+
+    def __init__(self, examples: list[Any], tokenizer: Any, max_seq_len: int) -> None:
+        if not examples:
+            raise ZFLoRAError("no training examples; check the task's data and the train size setting")
+        self.rows = []
+        eos = tokenizer.eos_token_id
+        for example in examples:
+            prompt = tokenizer(example.prompt)["input_ids"]
+            target = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [eos]
+            target = target[:max_seq_len]
+            prompt = prompt[-(max_seq_len - len(target)) :] if len(target) < max_seq_len else []
+            ids = prompt + target
+            self.rows.append((ids, [IGNORE_INDEX] * len(prompt) + target))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        ids, labels = self.rows[index]
+        return {"input_ids": ids, "labels": labels}
+
+
+class PadCollator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            ids[i, :n] = torch.tensor(row["input_ids"])
+            labels[i, :n] = torch.tensor(row["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_trainer_class():
+    """A Trainer that checkpoints zFLoRA adapters (not the frozen base) and stops on a non-finite loss."""
+    from transformers import Trainer
+
+    class ZFLoRATrainer(Trainer):
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            if not isinstance(self.model, ZFLoRAModel):
+                return super()._save(output_dir, state_dict)
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                self.model.save_adapter(output_dir)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            target = model if model is not None else self.model
+            if not isinstance(target, ZFLoRAModel):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            target.load_adapter(resume_from_checkpoint, adapter_name=target.active_adapter)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                step = self.state.global_step + 1
+                raise ZFLoRAError(
+                    f"training diverged: loss is {loss.item()} at step {step}; lower the learning rate "
+                    f"(now {self.args.learning_rate:g}) or check the data. No adapter was saved"
+                )
+            return loss
+
+    return ZFLoRATrainer
+
+
+def run_fingerprint(base_path: str, examples: list[Any], settings: TrainSettings) -> str:
+    """Identifies a training run: a checkpoint is resumed only by the same run."""
+    digest = hashlib.sha256()
+    digest.update(str(Path(base_path).resolve() if Path(base_path).exists() else base_path).encode())
+    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    for example in examples:
+        digest.update(example.prompt.encode())
+        digest.update(example.target.encode())
+    return digest.hexdigest()[:16]
+
+
+def last_complete_checkpoint(work_dir: Path) -> Path | None:
+    """The newest checkpoint whose trainer state was written (the last file Trainer writes)."""
+    if not work_dir.is_dir():
+        return None
+    done = [p for p in work_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").is_file()]
+    done.sort(
+        key=lambda p: (
+            int(p.name[len(CHECKPOINT_PREFIX) :]) if p.name[len(CHECKPOINT_PREFIX) :].isdigit() else -1
+        )
+    )
+    return done[-1] if done else None
+
+
+def _prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
+    """Keep checkpoints of the same run (returns the one to resume); wipe anything else."""
+    stamp = work_dir / "run.json"
+    if work_dir.exists():
+        try:
+            same = json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if same:
+            resume = last_complete_checkpoint(work_dir)
+            for partial in work_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+                if partial != resume and not (partial / "trainer_state.json").is_file():
+                    shutil.rmtree(partial, ignore_errors=True)  # a checkpoint cut off by a kill
+            return resume
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    write_text(stamp, json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
+def _await_work_dir(work_dir: Path, fingerprint: str, timeout_s: float = 120.0) -> Path | None:
+    """Other DDP ranks: wait until rank 0 has prepared the work directory, then resume from the same point."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((work_dir / "run.json").read_text()).get("fingerprint") == fingerprint:
+                return last_complete_checkpoint(work_dir)
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.2)
+    raise ZFLoRAError(
+        f"rank {os.environ.get('RANK')}: rank 0 did not prepare {work_dir} within {timeout_s:.0f} s"
+    )
+
+
+def train_method(
+    base_path: str | Path,
+    examples: list[Any],
+    out_dir: str | Path,
+    settings: TrainSettings,
+    work_dir: str | Path | None = None,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Train `settings.method` on `examples` from the base at `base_path`; save to `out_dir`.
+
+    Returns metrics (losses, steps, seconds, trainable parameters, resumed_from_step).
+    `out_dir` receives the adapter (lora, zflora*) or full model (fft) atomically.
+    """
+    from transformers import TrainingArguments, set_seed
+
+    from zflora.method.loading import load_causal_lm
+
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir is not None else out_dir.parent / f".{out_dir.name}.checkpoints"
+    set_seed(settings.seed)
+    model, tokenizer = load_causal_lm(base_path, dtype=settings.dtype, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        raise ZFLoRAError(f"base model {str(base_path)!r} has no tokenizer; save one next to it")
+    model = prepare(settings.method, model, r=settings.r, lora_alpha=settings.lora_alpha, seed=settings.seed)
+    dataset = SupervisedDataset(examples, tokenizer, settings.max_seq_len)
+    fingerprint = run_fingerprint(str(base_path), examples, settings)
+    if int(os.environ.get("RANK", "0")) == 0:
+        resume = _prepare_work_dir(work_dir, fingerprint)
+    else:
+        resume = _await_work_dir(work_dir, fingerprint)
+
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.lr,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=settings.lr_scheduler,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=settings.dtype == "bfloat16" and torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id)
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+    losses = [(row["step"], row["loss"]) for row in trainer.state.log_history if "loss" in row]
+    if trainer.args.should_save:
+        save_trained(settings.method, model, out_dir, tokenizer=tokenizer)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "method": settings.method,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(resume.name[len(CHECKPOINT_PREFIX) :]) if resume else 0,
+        "train_seconds": round(seconds, 2),
+        "train_examples": len(dataset),
+        "learning_rate": settings.lr,
+        "trainable_parameters": trainable,
+        "final_loss": losses[-1][1] if losses else math.nan,
+        "first_loss": losses[0][1] if losses else math.nan,
+        "loss_curve": losses,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
