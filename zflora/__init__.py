@@ -28,11 +28,13 @@ _EXPORTS = {
     "fused_width": ".method.fusion",
     "swap_adapter": ".method.fusion",
     "ZFLoRAModel": ".method.model",
+    "MultiTaskModel": ".method.multitask",
     "get_zflora_model": ".method.model",
 }
 
 __all__ = [
     "AdapterWeights",
+    "MultiTaskModel",
     "SUPPORTED_ARCHITECTURES",
     "ZFLoRAConfig",
     "ZFLoRAError",

@@ -1,0 +1,237 @@
+"""Many task adapters on one fused model: grouped in-place swaps, one batch per task.
+
+    mt = zflora.MultiTaskModel(fused, {"math": "adapters/math", "chat": "adapters/chat"}, tokenizer)
+    mt.generate(prompts, tasks=["math", None, "chat"])     # None -> the exact base model
+
+Every adapter is read, validated against the fused model (base fingerprint, r <= width)
+and preloaded once, with its embedding product E·P cached, so a switch is a pure copy
+of the adapter slices (`swap_adapter`). `generate` groups the rows by task, swaps once
+per group (the active task's group first), generates each group as a batch with
+`generate_text` and returns the completions in input order. A lock serialises swaps and
+generation, so concurrent callers (threads of a server) never see each other's adapter.
+
+What a group's rows get is bit-identical to the task's own fused checkpoint running the
+same batch: after `swap_adapter(fused, task)` every weight equals that checkpoint's.
+
+On disk, a multi-task directory (what the MLflow registry stores):
+
+    multitask.json     {"format": "zflora-multitask", "format_version": 1, "tasks": {...}, ...}
+    base/              the fused-width base with a zero adapter (stock transformers + tokenizer)
+    adapters/<task>/   adapter_model.safetensors + adapter_config.json (safetensors only)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zflora.errors import ZFLoRAError
+from zflora.method.adapter_file import AdapterWeights, read_adapter, write_adapter
+from zflora.method.atomic import atomic_dir
+
+FORMAT = "zflora-multitask"
+FORMAT_VERSION = 1
+MANIFEST = "multitask.json"
+BASE_DIR = "base"
+ADAPTERS_DIR = "adapters"
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def is_multitask_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def check_task_name(task: Any) -> str:
+    if not isinstance(task, str) or not _TASK_NAME.match(task):
+        raise ZFLoRAError(
+            f"task name {task!r} is not valid; use letters, digits, '.', '_' or '-' (it names a directory)"
+        )
+    return task
+
+
+class MultiTaskModel:
+    """One fused zFLoRA model serving several task adapters; `generate(prompts, tasks)` routes rows by task.
+
+    `fused` is any fused model of the adapters' base (its current adapter is discarded:
+    the model is left on the base, a zero adapter). `adapters` maps task names to adapter
+    directories or `AdapterWeights`. The model is owned by this object from then on:
+    swap it only through `generate`/`use`, or the active-task bookkeeping goes stale.
+    """
+
+    def __init__(
+        self,
+        fused: nn.Module,
+        adapters: Mapping[str, str | Path | AdapterWeights],
+        tokenizer: Any = None,
+    ) -> None:
+        from zflora.method.fusion import fused_meta, swap_adapter
+
+        self.meta = dict(fused_meta(fused))
+        self.model = fused
+        self.tokenizer = tokenizer
+        self._lock = threading.RLock()
+        device = next(fused.parameters()).device
+        self.adapters: dict[str, AdapterWeights] = {}
+        for task, adapter in adapters.items():
+            check_task_name(task)
+            weights = read_adapter(adapter) if isinstance(adapter, (str, Path)) else adapter
+            if not isinstance(weights, AdapterWeights):
+                raise ZFLoRAError(
+                    f"task {task!r}: expected an adapter directory or AdapterWeights, got {type(adapter).__name__}"
+                )
+            if any(t.device != device for t in weights.tensors.values()):
+                weights = weights.to(device)
+            try:  # validates (fingerprint, r <= width, shapes, finite values) and caches E·P
+                swap_adapter(fused, weights)
+            except ZFLoRAError as e:
+                swap_adapter(fused, None)
+                raise ZFLoRAError(f"task {task!r}: {e}") from None
+            self.adapters[task] = weights
+        swap_adapter(fused, None)
+        self.active: str | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.adapters)
+
+    @classmethod
+    def from_directory(
+        cls,
+        path: str | Path,
+        dtype: str | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> MultiTaskModel:
+        """Load a multi-task directory written by `save` (base checkpoint + adapters)."""
+        from zflora.method.loading import load_causal_lm
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        model, tokenizer = load_causal_lm(
+            path / BASE_DIR, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        adapters = {task: path / ADAPTERS_DIR / task for task in manifest["tasks"]}
+        return cls(model, adapters, tokenizer)
+
+    def use(self, task: str | None) -> None:
+        """Make `task` (None: the base) the active adapter; a no-op when it already is."""
+        from zflora.method.fusion import swap_adapter
+
+        if task is not None and task not in self.adapters:
+            raise ZFLoRAError(self._unknown(task))
+        with self._lock:
+            if task != self.active:
+                swap_adapter(self.model, None if task is None else self.adapters[task])
+                self.active = task
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        tasks: Sequence[str | None] | str | None = None,
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+    ) -> list[str]:
+        """Greedy completions in input order; row i runs with adapter `tasks[i]` (None: the base)."""
+        from zflora.harness.generation import generate_text
+
+        if self.tokenizer is None:
+            raise ZFLoRAError(
+                "MultiTaskModel has no tokenizer; pass tokenizer= or load it with from_directory"
+            )
+        prompts = list(prompts)
+        if tasks is None or isinstance(tasks, str):
+            tasks = [tasks] * len(prompts)
+        tasks = list(tasks)
+        if len(tasks) != len(prompts):
+            raise ZFLoRAError(f"got {len(prompts)} prompts but {len(tasks)} tasks; give one task per prompt")
+        for row, task in enumerate(tasks):
+            if task is not None and task not in self.adapters:
+                raise ZFLoRAError(f"row {row}: {self._unknown(task)}")
+        groups: dict[str | None, list[int]] = {}
+        for row, task in enumerate(tasks):
+            groups.setdefault(task, []).append(row)
+        completions: list[str | None] = [None] * len(prompts)
+        with self._lock:
+            order = sorted(groups, key=lambda t: t != self.active)  # stable: the active task first
+            for task in order:
+                rows = groups[task]
+                self.use(task)
+                texts = generate_text(
+                    self.model,
+                    self.tokenizer,
+                    [prompts[i] for i in rows],
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    labels=[f"row {i} (task {task or 'base'})" for i in rows],
+                )
+                for i, text in zip(rows, texts):
+                    completions[i] = text
+        return completions  # type: ignore[return-value]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the multi-task directory atomically: the base once, each adapter as small files."""
+        with self._lock, atomic_dir(path) as tmp:
+            self.use(None)
+            self.model.save_pretrained(tmp / BASE_DIR)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp / BASE_DIR)
+            for task, weights in self.adapters.items():
+                write_adapter(tmp / ADAPTERS_DIR / task, weights)
+            (tmp / MANIFEST).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
+        return Path(path)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "base_hidden_size": self.meta["base_hidden_size"],
+            "width": self.meta["width"],
+            "architecture": type(self.model).__name__,
+            "tasks": {
+                task: {"adapter_name": w.name, "r": w.config.r, "blocks": list(w.config.blocks)}
+                for task, w in sorted(self.adapters.items())
+            },
+        }
+
+    def _unknown(self, task: Any) -> str:
+        known = ", ".join(self.tasks) or "none"
+        return f"unknown task {task!r}; known tasks: {known} (or null/None for the base model)"
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The validated `multitask.json` of a multi-task directory."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise ZFLoRAError(
+            f"{str(path)!r} is not a multi-task model directory (no {MANIFEST}); write one with MultiTaskModel.save"
+        )
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ZFLoRAError(f"{str(file)!r} is not valid JSON ({e}); write the directory again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ZFLoRAError(f"{str(file)!r} is not a zflora multi-task manifest; write the directory again")
+    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > FORMAT_VERSION:
+        raise ZFLoRAError(
+            f"{str(file)!r} has format_version {manifest.get('format_version')!r}, "
+            f"newer than this zflora understands ({FORMAT_VERSION}); upgrade zflora"
+        )
+    tasks = manifest.get("tasks")
+    if not isinstance(tasks, dict):
+        raise ZFLoRAError(
+            f"{str(file)!r}: 'tasks' must map task names to adapters; write the directory again"
+        )
+    for task in tasks:
+        check_task_name(task)
+        if not (path / ADAPTERS_DIR / task).is_dir():
+            raise ZFLoRAError(
+                f"{str(path)!r} lists task {task!r} but has no {ADAPTERS_DIR}/{task}/; write the directory again"
+            )
+    return manifest
