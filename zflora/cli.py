@@ -4,6 +4,7 @@
     zflora swap --model models/fused-math --adapter adapters/chat      # in place; `none` -> base
     zflora generate --model models/fused-math --prompt "Q: 2+3? A:"
     zflora generate --model models:/zflora-tiny-math@latest --prompt "..."
+    zflora generate --model models:/zflora-tiny@latest --task math --prompt "..."   # multi-task model
 
 User errors print one line (`zflora: error: ...`) and exit with status 2, no traceback.
 """
@@ -55,13 +56,30 @@ def _cmd_swap(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from zflora.harness.generation import generate_text, load_for_generation
+    from zflora.harness.generation import generate_text, load_for_generation, resolve_model_ref
+    from zflora.method.multitask import MultiTaskModel, is_multitask_dir
 
-    model, tokenizer = load_for_generation(
-        args.model, args.adapter, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-    )
+    ref = resolve_model_ref(args.model)
     prompts = args.prompt
-    completions = generate_text(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
+    if is_multitask_dir(ref):  # e.g. models:/zflora-tiny@latest: --task picks the adapter, none: the base
+        if args.adapter is not None:
+            raise ZFLoRAError(
+                f"{args.model} is a multi-task model: pick one of its tasks with --task, not --adapter"
+            )
+        multitask = MultiTaskModel.from_directory(
+            ref, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        )
+        completions = multitask.generate(prompts, args.task, max_new_tokens=args.max_new_tokens)
+    else:
+        if args.task is not None:
+            raise ZFLoRAError(
+                f"--task needs a multi-task model (models:/<prefix>-<base>@latest or a MultiTaskModel.save "
+                f"directory); {args.model} is a single model: use --adapter"
+            )
+        model, tokenizer = load_for_generation(
+            ref, args.adapter, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        )
+        completions = generate_text(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     for prompt, completion in zip(prompts, completions):
         if len(prompts) > 1:
             print(f"--- {prompt}")
@@ -113,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--model", required=True, help="model directory, hub id, or models:/<name>@<alias>")
     generate.add_argument("--adapter", default=None, help="optional zFLoRA adapter directory to apply first")
+    generate.add_argument(
+        "--task",
+        default=None,
+        help="task of a multi-task model (models:/<prefix>-<base>@...); default: the base",
+    )
     generate.add_argument("--prompt", required=True, action="append", help="prompt text (repeat for a batch)")
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
