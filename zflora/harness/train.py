@@ -88,16 +88,32 @@ class TrainSettings:
 
 
 class SupervisedDataset(Dataset):
-    """prompt + target + EOS; labels cover the target and EOS only (prompt tokens are -100)."""
+    """prompt + target + EOS; labels cover the target and EOS only (prompt tokens are -100).
+
+    With a chat template on the tokenizer, the prompt is one user turn rendered through it
+    (exactly as evaluation and `zflora generate` render it) and the target is the
+    assistant's answer up to the template's end of turn (EOS); otherwise the plain format.
+    """
 
     def __init__(self, examples: list[Any], tokenizer: Any, max_seq_len: int) -> None:
+        from zflora.harness.generation import has_chat_template, render_answer, render_prompt
+
         if not examples:
             raise ZFLoRAError("no training examples; check the task's data and the train size setting")
         self.rows = []
         eos = tokenizer.eos_token_id
+        chat = has_chat_template(tokenizer)
         for example in examples:
-            prompt = tokenizer(example.prompt)["input_ids"]
-            target = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [eos]
+            if chat:
+                rendered = render_prompt(tokenizer, example.prompt)
+                prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+                answer = render_answer(tokenizer, example.prompt, example.target)
+                target = tokenizer(answer, add_special_tokens=False)["input_ids"]
+                # the turn ends at EOS (the template's end-of-turn token, when that is EOS): nothing after it
+                target = target[: target.index(eos) + 1] if eos in target else [*target, eos]
+            else:
+                prompt = tokenizer(example.prompt)["input_ids"]
+                target = tokenizer(example.target, add_special_tokens=False)["input_ids"] + [eos]
             target = target[:max_seq_len]
             prompt = prompt[-(max_seq_len - len(target)) :] if len(target) < max_seq_len else []
             ids = prompt + target

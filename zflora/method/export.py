@@ -2,7 +2,9 @@
 
 Used by `zflora fuse` and the pipeline's `fuse` stage. The output directory (model,
 tokenizer, generation config) is written atomically and reloads with stock
-`AutoModelForCausalLM.from_pretrained`.
+`AutoModelForCausalLM.from_pretrained`. The base may also be a .gguf file or a GGUF
+preset; a base that came from a GGUF passes its tokenizer sidecar on to the fused
+checkpoint, so `zflora export-gguf` writes that file's tokenizer back.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from zflora.method.adapter_file import read_adapter
 from zflora.method.atomic import atomic_dir
 from zflora.method.fusion import fuse_adapter
+from zflora.method.gguf import copy_sidecar, is_gguf_ref, load_gguf, write_sidecar
 from zflora.method.loading import load_causal_lm
 from zflora.method.model import get_zflora_model
 
@@ -27,7 +30,11 @@ def fuse_to_directory(
 ) -> dict[str, Any]:
     """Fuse `adapter` into `base` and save the result to `out_dir`; returns a summary."""
     weights = read_adapter(adapter)  # validate the adapter before loading a large base
-    model, tokenizer = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    gguf_info = None
+    if is_gguf_ref(base):
+        model, tokenizer, gguf_info = load_gguf(base, dtype=dtype)
+    else:
+        model, tokenizer = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
     zm = get_zflora_model(model, weights.config, adapter_name=weights.name)
     zm.load_adapter(weights)
     fused = fuse_adapter(zm, weights.name, multiple=pad_multiple)
@@ -35,6 +42,10 @@ def fuse_to_directory(
         fused.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if gguf_info is not None:
+            write_sidecar(tmp, gguf_info)
+        else:
+            copy_sidecar(base, tmp)
     meta = fused.config.zflora
     return {
         "adapter": weights.name,

@@ -1,9 +1,10 @@
-"""Load causal LMs and tokenizers from a local directory or a Hugging Face hub id, safely.
+"""Load causal LMs and tokenizers from a local directory, a hub id or a GGUF file, safely.
 
 Weights load only through safetensors (`use_safetensors=True`: no pickle) and
 `trust_remote_code` stays off unless the caller turns it on. Every failure a user can
 cause (missing directory, no weights, offline hub id) becomes one ZFLoRAError that says
-what is missing and how to provide it.
+what is missing and how to provide it. A path ending in `.gguf` or a GGUF preset name
+(`smollm2-135m-instruct`) is dequantized into a plain model (zflora.method.gguf).
 """
 
 from __future__ import annotations
@@ -67,10 +68,16 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
 ) -> tuple[nn.Module, Any]:
-    """(model, tokenizer or None) from a local directory or a hub id; ZFLoRAError when unavailable."""
+    """(model, tokenizer or None) from a local directory, a hub id, a .gguf file or a GGUF preset;
+    ZFLoRAError when unavailable."""
     from transformers import AutoModelForCausalLM
 
+    from zflora.method.gguf import is_gguf_ref, load_gguf
+
     name = str(name_or_path)
+    if is_gguf_ref(name):
+        model, tokenizer, _ = load_gguf(name, dtype=dtype, device=device, with_tokenizer=with_tokenizer)
+        return model, tokenizer
     local = looks_like_path(name)
     if local:
         name = str(check_model_dir(name))
