@@ -1,10 +1,12 @@
-"""The `zflora` command line: fuse, swap, generate, tasks, profile.
+"""The `zflora` command line: fuse, swap, generate, export-gguf, tasks, profile.
 
     zflora fuse --base models/base --adapter adapters/math --out models/fused-math
     zflora swap --model models/fused-math --adapter adapters/chat      # in place; `none` -> base
     zflora generate --model models/fused-math --prompt "Q: 2+3? A:"
     zflora generate --model models:/zflora-tiny-math@latest --prompt "..."
     zflora generate --model models:/zflora-tiny@latest --task math --prompt "..."   # multi-task model
+    zflora generate --model smollm2-135m-instruct --prompt "What is 2+3?"       # a GGUF preset or .gguf file
+    zflora export-gguf --model models/fused-math --out fused-math.gguf
 
 User errors print one line (`zflora: error: ...`) and exit with status 2, no traceback.
 """
@@ -39,6 +41,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 def _cmd_swap(args: argparse.Namespace) -> int:
     from zflora.method.atomic import atomic_dir
     from zflora.method.fusion import fused_meta, swap_adapter
+    from zflora.method.gguf import copy_sidecar
     from zflora.method.loading import check_model_dir, load_causal_lm
 
     check_model_dir(args.model)
@@ -51,6 +54,7 @@ def _cmd_swap(args: argparse.Namespace) -> int:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        copy_sidecar(args.model, tmp)  # a GGUF base's tokenizer metadata, for export-gguf
     print(f"{out}: now serves adapter {model.config.zflora['adapter'] or '(none: base model)'}")
     return 0
 
@@ -79,11 +83,26 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         model, tokenizer = load_for_generation(
             ref, args.adapter, dtype=args.dtype, trust_remote_code=args.trust_remote_code
         )
-        completions = generate_text(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
+        completions = generate_text(
+            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, chat=not args.raw
+        )
     for prompt, completion in zip(prompts, completions):
         if len(prompts) > 1:
             print(f"--- {prompt}")
         print(completion)
+    return 0
+
+
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    from zflora.harness.generation import resolve_model_ref
+    from zflora.method.gguf import export_gguf
+
+    summary = export_gguf(resolve_model_ref(args.model), args.out, tensor_type=args.dtype)
+    print(
+        f"wrote {summary['out_file']} ({summary['bytes'] / 2**20:.1f} MiB): {summary['architecture']}, hidden "
+        f"{summary['hidden_size']}, head_dim {summary['head_dim']}, {summary['tensors']} tensors, matrices "
+        f"{summary['tensor_type']} (norms float32), tokenizer {summary['tokenizer']}"
+    )
     return 0
 
 
@@ -106,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fuse", help="fold an adapter into its base: a standard model with hidden size d + r"
     )
     fuse.add_argument(
-        "--base", required=True, help="base model directory (or hub id) the adapter was trained on"
+        "--base",
+        required=True,
+        help="base the adapter was trained on: a directory, hub id, .gguf file or GGUF preset (smollm2-135m-instruct)",
     )
     fuse.add_argument("--adapter", required=True, help="adapter directory written by save_adapter")
     fuse.add_argument("--out", required=True, help="output directory (written atomically)")
@@ -129,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser(
         "generate", help="greedy generation from a model directory or an MLflow models:/ URI"
     )
-    generate.add_argument("--model", required=True, help="model directory, hub id, or models:/<name>@<alias>")
+    generate.add_argument(
+        "--model",
+        required=True,
+        help="model directory, hub id, models:/<name>@<alias>, .gguf file or GGUF preset (smollm2-135m-instruct)",
+    )
     generate.add_argument("--adapter", default=None, help="optional zFLoRA adapter directory to apply first")
     generate.add_argument(
         "--task",
@@ -139,8 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True, action="append", help="prompt text (repeat for a batch)")
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    generate.add_argument(
+        "--raw", action="store_true", help="send the prompt as is, not through the model's chat template"
+    )
     _common(generate)
     generate.set_defaults(func=_cmd_generate)
+
+    export = sub.add_parser(
+        "export-gguf", help="write a (fused) model as one GGUF file, for llama.cpp and other GGUF runtimes"
+    )
+    export.add_argument(
+        "--model", required=True, help="model directory (e.g. a fused checkpoint) or models:/ URI"
+    )
+    export.add_argument("--out", required=True, help="output .gguf file (written atomically)")
+    export.add_argument(
+        "--dtype", default="f16", choices=("f16", "f32"), help="matrix storage type (norms are always f32)"
+    )
+    export.set_defaults(func=_cmd_export_gguf)
 
     from zflora.harness.data import add_tasks_parser
     from zflora.harness.profiling import add_profile_parser
