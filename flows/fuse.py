@@ -1,5 +1,7 @@
 """`fuse` stage (one per task): export the task's zFLoRA adapter as a standard checkpoint
-of hidden size d + r and register it in the MLflow model registry.
+of hidden size d + r and register it in the MLflow model registry, as the task's own
+model `<prefix>-<base>-<task>` and as a new version of the multi-task model
+`<prefix>-<base>` (the previous version's adapters plus this task's).
 
     python -m flows.fuse --task embedded-math [--params params.yaml]
 """
@@ -16,7 +18,7 @@ import sys
 from prefect import flow
 
 from tasks.base import base_model_ref
-from tasks.fusion import fuse, register
+from tasks.fusion import fuse, register, register_multitask
 from tasks.io import write_json
 from tasks.tracking import stage_run
 
@@ -53,6 +55,20 @@ def fuse_flow(task: str, params_path: str = "params.yaml") -> dict:
             }
             summary["registered"] = register(str(fused_dir(task)), name, params.tracking.alias, tags)
             print(f"registered {summary['registered']['uri']} (version {summary['registered']['version']})")
+            multitask = f"{params.tracking.registry_prefix}-{params.model.label}"
+            summary["registered_multitask"] = register_multitask(
+                task,
+                str(train_dir(task, "zflora")),
+                str(fused_dir(task)),
+                multitask,
+                params.tracking.alias,
+                tags,
+            )
+            registered = summary["registered_multitask"]
+            print(
+                f"registered {registered['uri']} (version {registered['version']}): "
+                f"tasks {', '.join(registered['tasks'])} on one fused base"
+            )
     write_json(METRICS / "fuse" / f"{task}.json", summary)
     print(
         f"{task}: fused hidden {summary['base_hidden_size']} -> {summary['fused_hidden_size']} -> {fused_dir(task)}"
