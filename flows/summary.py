@@ -6,9 +6,11 @@ python -m flows.summary
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from pathlib import Path
 
-from .layout import METRICS, REPORTS
+from .layout import METRICS, REPORTS, data_dir
 from .server import healthy, local_url
 
 
@@ -43,10 +45,48 @@ def main() -> int:
         "UIs:",
         "  MLflow    make mlflow-ui, then open http://127.0.0.1:5000 (runs, and models under Models)",
         f"  Prefect   {prefect}",
-        '  Generate  zflora generate --model models:/zflora-tiny-embedded-math@latest --prompt "..."',
     ]
+    lines += serving_lines()
     print("\n".join(lines))
     return 0
+
+
+def serving_lines(port: int = 5001) -> list[str]:
+    """How to serve the newest multi-task model and query two of its tasks (and the base) in one request."""
+    registered = []
+    for path in sorted((METRICS / "fuse").glob("*.json")):
+        entry = json.loads(path.read_text()).get("registered_multitask")
+        if entry:
+            registered.append(entry)
+    if not registered:
+        return ['  Generate  zflora generate --model models:/zflora-tiny-embedded-math@latest --prompt "..."']
+    newest = max(registered, key=lambda entry: int(entry["version"]))
+    prompts = {task: first_prompt(data_dir(task) / "test.jsonl") for task in newest["tasks"]}
+    shown = sorted((t for t in prompts if prompts[t]), key=lambda t: len(prompts[t]))[:2]
+    records = [{"prompt": prompts[t], "task": t} for t in shown]
+    if shown:
+        records.append({"prompt": prompts[shown[0]]})  # no task: the base model
+    body = json.dumps({"dataframe_records": records, "params": {"max_new_tokens": 32}})
+    uri, task = newest["uri"], shown[0] if shown else newest["tasks"][0]
+    return [
+        f"Registry: {uri} (version {newest['version']}) serves {', '.join(newest['tasks'])} and the base, one model:",
+        f"  Generate  zflora generate --model {uri} --task {task} --prompt {ansi_c(prompts.get(task) or '...')}",
+        f"  Serve     mlflow models serve -m {uri} --env-manager local --host 127.0.0.1 --port {port}",
+        f"  Query     curl -s 127.0.0.1:{port}/invocations -H 'Content-Type: application/json' -d {shlex.quote(body)}",
+    ]
+
+
+def ansi_c(text: str) -> str:
+    """`text` as one bash $'...' word (newlines shown as \\n)."""
+    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def first_prompt(path: Path) -> str | None:
+    try:
+        with open(path) as handle:
+            return json.loads(handle.readline())["prompt"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 if __name__ == "__main__":
