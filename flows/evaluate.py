@@ -35,8 +35,7 @@ def evaluate_flow(task: str, method: str, params_path: str = "params.yaml") -> d
             str(data_dir(task)),
             str(train_dir(task, method)),
             str(eval_dir(task, method)),
-            params.evaluate.model_dump(mode="json"),
-            params.model.dtype,
+            **params.stage_settings("evaluate"),
         )
     write_json(METRICS / "eval" / task / f"{method}.json", result)
     score = {k: round(v, 4) for k, v in result.items() if k in ("accuracy", "rouge1", "rouge2", "rougeL")}

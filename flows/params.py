@@ -3,8 +3,9 @@
     from flows.params import load_params
     params = load_params("params.yaml")      # ParamsError (one line) on a bad key or value
 
-Sections embed the library's own validated settings (zflora.harness.tinybase.TinyBaseSettings)
-so a value is checked by the same code that uses it.
+Sections are, embed or extend the library's own settings classes (AdapterSettings,
+TrainSettings, EvaluateSettings, ProfileSettings, TinyBaseSettings: zflora.settings), so
+a key is declared, checked and documented once, by the code that uses it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zflora.errors import ZFLoRAError
 from zflora.harness.data import TASKS
-from zflora.harness.methods import METHODS
+from zflora.harness.evaluate import EvaluateSettings
+from zflora.harness.methods import METHODS, AdapterSettings
+from zflora.harness.profiling.settings import PRESETS, ProfileSettings
 from zflora.harness.tinybase import TinyBaseSettings
+from zflora.harness.train import TrainSettings
+from zflora.settings import describe_validation_error
 
 DEFAULT_PARAMS = "params.yaml"
 EMBEDDED = "embedded"
@@ -78,31 +83,12 @@ class DataParams(Section):
         return tasks
 
 
-class AdapterParams(Section):
-    """Adapter shape shared by LoRA and zFLoRA (equal rank for a fair comparison)."""
+class TrainParams(TrainSettings):
+    """`train` stage (matrix task x method): the library's TrainSettings plus the methods to
+    compare; `base` trains nothing and records the base it is."""
 
-    r: int = Field(16, gt=0)
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default 2r)")
-    init_scale: float = Field(0.02, gt=0, lt=10, description="zFLoRA readers' init std")
-
-
-class TrainParams(Section):
-    """`train` stage (matrix task x method); `base` trains nothing and records the base it is."""
-
-    methods: list[str] = Field(min_length=1)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="> 0 overrides epochs")
-    batch_size: int = Field(16, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    max_seq_len: int = Field(256, gt=0)
-    learning_rates: dict[str, float] = Field(default_factory=dict, description="per-method overrides")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    seed: int = 0
-    save_steps: int = Field(50, gt=0, description="checkpoint period: a killed run resumes from here")
-    logging_steps: int = Field(10, gt=0)
-    gradient_checkpointing: bool = False
+    model_config = ConfigDict(frozen=True)
+    methods: list[str] = Field(min_length=1, description="methods to train and evaluate")
 
     @field_validator("methods")
     @classmethod
@@ -114,16 +100,6 @@ class TrainParams(Section):
             raise ValueError(f"duplicate method in {methods}")
         return methods
 
-    @field_validator("learning_rates")
-    @classmethod
-    def _rates(cls, rates: dict[str, float]) -> dict[str, float]:
-        for method, rate in rates.items():
-            if method not in METHODS or method == "base":
-                raise ValueError(f"learning rate for unknown or untrainable method {method!r}")
-            if not 0 < rate < 1:
-                raise ValueError(f"learning rate of {method} must be in (0, 1), got {rate}")
-        return rates
-
 
 class FuseParams(Section):
     """`fuse` stage: zFLoRA export and registry."""
@@ -132,41 +108,33 @@ class FuseParams(Section):
     register_model: bool = Field(True, description="register each fused model in the MLflow model registry")
 
 
-class EvaluateParams(Section):
-    """`evaluate` stage (matrix task x method)."""
+class ProfileParams(ProfileSettings):
+    """`profile` stage: the library's ProfileSettings, run once per target.
 
-    batch_size: int = Field(32, gt=0)
-    max_new_tokens: int | None = Field(None, gt=0, description="default: the task's own budget")
-    limit: int | None = Field(None, gt=0, description="evaluate only the first n test examples")
+    A target is 'base' (the pipeline's base model) or a preset shape; `layers` applies to
+    presets only, and `r` defaults to adapter.r.
+    """
 
-
-class ProfileParams(Section):
-    """`profile` stage: latency of base / LoRA / merged LoRA / zFLoRA unfused / fused."""
-
+    model_config = ConfigDict(frozen=True)
     targets: list[str] = Field(
         default_factory=lambda: ["base"],
         min_length=1,
         description="'base' (the pipeline's base model) and/or preset names",
     )
-    layers: int | None = Field(None, gt=0, description="decoder layers kept for presets (quick CPU runs)")
-    r: int | None = Field(None, gt=0, description="default: adapter.r")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
-    prompt_lengths: list[int] = Field(default_factory=lambda: [32, 128], min_length=1)
-    decode_tokens: int = Field(16, gt=0)
-    repeats: int = Field(10, gt=0)
-    warmup: int = Field(2, ge=0)
-    switch_repeats: int = Field(20, gt=0)
-    threads: int | None = Field(None, gt=0)
-    clock: Literal["wall", "cpu"] = "wall"
-    pad_multiples: list[int] = Field(default_factory=list)
+    r: int | None = Field(None, gt=0, description="adapter rank (default: adapter.r)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _targets_not_sources(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"preset", "model"} & set(data):
+            raise ValueError(
+                "set what to profile with profile.targets ('base' or preset names), not preset/model"
+            )
+        return data
 
     @field_validator("targets")
     @classmethod
     def _targets(cls, targets: list[str]) -> list[str]:
-        from zflora.harness.profiling import PRESETS
-
         unknown = [t for t in targets if t != "base" and t not in PRESETS]
         if unknown:
             raise ValueError(
@@ -174,11 +142,9 @@ class ProfileParams(Section):
             )
         return targets
 
-    def settings(self, target: str, model_dir: str | None, r: int) -> Any:
-        """zflora.harness.profiling.ProfileSettings for one target (validated there as well)."""
-        from zflora.harness.profiling import ProfileSettings
-
-        fields = self.model_dump(exclude={"targets", "layers", "r"})
+    def settings(self, target: str, model_dir: str | None, r: int) -> ProfileSettings:
+        """The ProfileSettings of one target."""
+        fields = self.model_dump(exclude={"targets", "preset", "model", "layers", "r"})
         where = (
             {"model": model_dir, "preset": None}
             if target == "base"
@@ -204,30 +170,39 @@ class TrackingParams(Section):
 class Params(Section):
     model: ModelParams = Field(default_factory=ModelParams)
     data: DataParams
-    adapter: AdapterParams = Field(default_factory=AdapterParams)
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
     train: TrainParams
     fuse: FuseParams = Field(default_factory=FuseParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     profile: ProfileParams = Field(default_factory=ProfileParams)
     report: ReportParams = Field(default_factory=ReportParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
 
+    def stage_settings(self, stage: str) -> dict[str, Any]:
+        """What a stage reads from params, by DVC stage name: the train and evaluate flows
+        hand exactly this to their tasks, and tests/pipeline/test_params_reach.py proves
+        that every key reaches some stage and that dvc.yaml declares what each stage reads.
+        `tracking.experiment` only names where every stage logs, so it is not a dependency.
+        """
+        half = {"dtype": self.model.dtype, "trust_remote_code": self.model.trust_remote_code}
+        stages: dict[str, dict[str, Any]] = {
+            "base": {"model": self.model},
+            "prepare": {"data": self.data},
+            "train": {"train": self.train, "adapter": self.adapter, **half},
+            "fuse": {"fuse": self.fuse, "tracking": self.tracking, "model": self.model},
+            "evaluate": {"evaluate": self.evaluate, **half},
+            "profile": {"profile": self.profile, "r": self.profile.r or self.adapter.r},
+            "report": {
+                "report": self.report,
+                "tasks": self.data.tasks,
+                "methods": self.train.methods,
+                "targets": self.profile.targets,
+            },
+        }
+        return stages[stage]
+
     def registered_model_name(self, task: str) -> str:
         return f"{self.tracking.registry_prefix}-{self.model.label}-{task}"
-
-
-def _describe(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    kind, message = first["type"], first["msg"]
-    if kind == "extra_forbidden" or kind == "unexpected_keyword_argument":
-        return f"{source}: unknown key {location!r}; check its spelling against the documented keys (docs/pipeline.md)"
-    if kind == "missing":
-        return f"{source}: missing key {location!r}; add it (see the committed params.yaml)"
-    message = message.removeprefix("Value error, ")
-    got = repr(first.get("input"))
-    got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{source}: {location}: {message} (got {got})"
 
 
 def parse_params(data: Any, source: str = DEFAULT_PARAMS) -> Params:
@@ -238,7 +213,7 @@ def parse_params(data: Any, source: str = DEFAULT_PARAMS) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as e:
-        raise ParamsError(_describe(e, source)) from None
+        raise ParamsError(describe_validation_error(e, source)) from None
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -35,7 +35,7 @@ def profile_flow(params_path: str = "params.yaml") -> dict:
     ):
         for target in params.profile.targets:
             model_dir = base_model_ref(BASE) if target == "base" else None
-            settings = params.profile.settings(target, model_dir, params.adapter.r)
+            settings = params.profile.settings(target, model_dir, params.stage_settings("profile")["r"])
             figures[target] = profile_target(target, settings, str(PROFILE / target))
             print(f"profiled {target}: {figures[target]}")
     write_json(METRICS / "profile.json", figures)

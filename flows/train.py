@@ -14,13 +14,12 @@ if __name__ == "__main__":  # a warm worker, when one serves this code, runs the
 
     forward("flows.train")
 
-import os
 import sys
 
 from prefect import flow
 
 from tasks.io import write_json
-from tasks.tracking import stage_run
+from tasks.tracking import is_main_process, stage_run
 from tasks.training import train
 
 from .layout import BASE, METRICS, checkpoint_dir, data_dir, train_dir
@@ -37,10 +36,7 @@ def train_flow(task: str, method: str, params_path: str = "params.yaml") -> dict
         raise ZFLoRAError(
             f"method {method!r} is not in train.methods {params.train.methods} of {params_path}"
         )
-    logged = {
-        "train": params.train.model_dump(mode="json"),
-        "adapter": params.adapter.model_dump(mode="json"),
-    }
+    logged = {"train": params.train.to_dict(), "adapter": params.adapter.to_dict()}
     with stage_run("train", params.tracking.experiment, logged, tags={"task": task, "method": method}):
         summary = train(
             task,
@@ -49,11 +45,9 @@ def train_flow(task: str, method: str, params_path: str = "params.yaml") -> dict
             str(data_dir(task)),
             str(train_dir(task, method)),
             str(checkpoint_dir(task, method)),
-            params.train.model_dump(mode="json"),
-            params.adapter.model_dump(mode="json"),
-            params.model.model_dump(mode="json"),
+            **params.stage_settings("train"),
         )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         curve = summary.pop("loss_curve", [])
         write_json(
             METRICS / "train" / task / f"{method}.json",
@@ -71,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", required=True)
     p.add_argument("--method", required=True)
     args = p.parse_args(argv)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         # torchrun / accelerate: the other ranks join the same Trainer (DDP) without a
         # Prefect flow run or MLflow run of their own; rank 0 orchestrates and logs
         from .stage import exit_code

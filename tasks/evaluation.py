@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 
 from zflora.harness.data import get_task
-from zflora.harness.evaluate import evaluate_method
+from zflora.harness.evaluate import EvaluateSettings, evaluate_method
 
 from .base import base_model_ref
 from .io import read_examples
@@ -23,15 +23,14 @@ def evaluate(
     data_dir: str,
     train_dir: str,
     out_dir: str,
-    eval_params: dict[str, Any],
+    evaluate: EvaluateSettings,
     dtype: str,
+    trust_remote_code: bool,
 ) -> dict[str, Any]:
     import mlflow
 
     spec = get_task(task_name)
     examples = read_examples(Path(data_dir) / "test.jsonl")
-    if eval_params.get("limit"):
-        examples = examples[: eval_params["limit"]]
     result = evaluate_method(
         spec,
         method,
@@ -39,9 +38,9 @@ def evaluate(
         None if method == "base" else train_dir,
         examples,
         out_dir,
-        batch_size=eval_params["batch_size"],
-        max_new_tokens=eval_params.get("max_new_tokens"),
+        settings=evaluate,
         dtype=dtype,
+        trust_remote_code=trust_remote_code,
     )
     log_numeric_metrics(
         {k: v for k, v in result.items() if k not in ("task", "category", "method", "metric")}

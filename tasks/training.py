@@ -7,42 +7,15 @@ from typing import Any
 
 from prefect import task
 
+from zflora.harness.methods import AdapterSettings
+from zflora.harness.train import TrainSettings
 from zflora.method.atomic import atomic_dir
 
 from .base import base_model_ref
 from .io import read_examples, read_json, write_json
-from .tracking import is_main_process, log_json_artifact, log_numeric_metrics
+from .tracking import log_json_artifact, log_numeric_metrics
 
 MANIFEST = "method.json"
-TRAIN_FIELDS = (
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "grad_accum",
-    "max_seq_len",
-    "warmup_ratio",
-    "weight_decay",
-    "lr_scheduler",
-    "seed",
-    "save_steps",
-    "logging_steps",
-    "gradient_checkpointing",
-)
-
-
-def train_settings(
-    method: str, train_params: dict[str, Any], adapter_params: dict[str, Any], dtype: str
-) -> Any:
-    from zflora.harness.train import TrainSettings
-
-    return TrainSettings(
-        method=method,
-        r=adapter_params["r"],
-        lora_alpha=adapter_params.get("lora_alpha"),
-        learning_rate=train_params.get("learning_rates", {}).get(method),
-        dtype="bfloat16" if dtype == "bfloat16" else "float32",
-        **{key: train_params[key] for key in TRAIN_FIELDS},
-    )
 
 
 @task(name="train-method")
@@ -53,9 +26,10 @@ def train(
     data_dir: str,
     out_dir: str,
     work_dir: str,
-    train_params: dict[str, Any],
-    adapter_params: dict[str, Any],
-    model_params: dict[str, Any],
+    train: TrainSettings,
+    adapter: AdapterSettings,
+    dtype: str,
+    trust_remote_code: bool,
 ) -> dict[str, Any]:
     """Train `method` on the task's train.jsonl; out_dir gets the adapter / weights and method.json."""
     import mlflow
@@ -76,18 +50,20 @@ def train(
         return summary
     from zflora.harness.train import train_method
 
-    settings = train_settings(method, train_params, adapter_params, model_params["dtype"])
     examples = read_examples(Path(data_dir) / "train.jsonl")
     metrics = train_method(
         base_model_ref(base_dir),
         examples,
         out_dir,
-        settings,
+        method,
+        settings=train,
+        adapter=adapter,
+        dtype=dtype,
         work_dir=work_dir,
-        trust_remote_code=model_params["trust_remote_code"],
+        trust_remote_code=trust_remote_code,
     )
     curve = metrics.pop("loss_curve")
-    if not is_main_process():  # DDP: rank 0 saves and logs
+    if not metrics.pop("is_main_process"):  # DDP: the main process saves and logs
         return {**metrics, "task": task_name}
     for step, loss in curve:
         mlflow.log_metric("train_loss", loss, step=int(step))

@@ -231,10 +231,10 @@ def test_a_local_model_directory_is_profiled_as_saved(tmp_path, prompt):
     "kwargs, message",
     [
         ({"preset": "llama-9000"}, "unknown preset"),
-        ({"r": 0}, "r must be"),
-        ({"r": -4}, "r must be"),
-        ({"prompt_lengths": ()}, "prompt_lengths is empty"),
-        ({"batch_sizes": (1, 0)}, "positive integers"),
+        ({"r": 0}, "r: Input should be greater than 0"),
+        ({"r": -4}, "r: Input should be greater than 0"),
+        ({"prompt_lengths": ()}, "prompt_lengths: Tuple should have at least 1 item"),
+        ({"batch_sizes": (1, 0)}, r"batch_sizes.1: Input should be greater than 0"),
         ({"dtype": "float8"}, "dtype"),
         ({"device": "tpu"}, "device"),
         ({"repeats": 0}, "repeats"),
@@ -255,7 +255,7 @@ def test_settings_round_trip_through_a_params_mapping():
     assert ProfileSettings.from_dict(s.to_dict()) == s
     with pytest.raises(zflora.ZFLoRAError, match=r"params.yaml profile: unknown key\(s\) \['repeat'\]"):
         ProfileSettings.from_dict({"repeat": 3}, source="params.yaml profile")
-    with pytest.raises(zflora.ZFLoRAError, match="params.yaml profile: .*r must be"):
+    with pytest.raises(zflora.ZFLoRAError, match="params.yaml profile: r: Input should be greater than 0"):
         ProfileSettings.from_dict({"r": 0}, source="params.yaml profile")
 
 
@@ -333,7 +333,7 @@ def test_cli_profile_writes_json_markdown_and_plots(tmp_path, capsys):
 def test_cli_rejects_bad_values_with_zflora_error():
     parser = argparse.ArgumentParser(prog="zflora")
     add_profile_parser(parser.add_subparsers(dest="command", required=True))
-    with pytest.raises(zflora.ZFLoRAError, match="r must be"):
+    with pytest.raises(zflora.ZFLoRAError, match="r: Input should be greater than 0"):
         settings_from_args(parser.parse_args(["profile", "--preset", "tiny", "--r", "0"]))
 
 

@@ -21,16 +21,14 @@ def test_training_with_a_non_finite_loss_stops_and_names_the_step(model_dir, tmp
     from zflora.harness.train import TrainSettings, train_method
 
     examples = [Example(str(i), "the cat", " sat on the mat", "x") for i in range(16)]
-    settings = TrainSettings(
-        method="zflora", r=4, learning_rate=0.9, max_steps=40, batch_size=4, save_steps=100
-    )
+    settings = TrainSettings(learning_rates={"zflora": 0.9}, max_steps=40, batch_size=4, save_steps=100)
     # an absurd init scale and learning rate blow the loss up within a few steps
     from zflora.harness import methods
 
     original = methods.prepare
 
-    def explosive(method, model, **kwargs):
-        zm = original(method, model, **kwargs)
+    def explosive(method, model, *args, **kwargs):
+        zm = original(method, model, *args, **kwargs)
         with torch.no_grad():
             for tensor in zm.adapter_state_dict().values():
                 tensor.fill_(1e30)
@@ -42,7 +40,7 @@ def test_training_with_a_non_finite_loss_stops_and_names_the_step(model_dir, tmp
         with pytest.raises(
             ZFLoRAError, match=r"training diverged: loss is (nan|inf) at step [12]; lower the learning rate"
         ):
-            train_method(model_dir, examples, tmp_path / "adapter", settings, progress=False)
+            train_method(model_dir, examples, tmp_path / "adapter", "zflora", settings, progress=False)
     finally:
         methods_prepare.undo()
     assert not (tmp_path / "adapter").exists()  # no broken adapter saved

@@ -47,13 +47,13 @@ def test_tokenizer_refuses_a_vocabulary_below_the_byte_alphabet():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ({"hidden_size": 0}, "hidden_size: Input should be greater than 0"),
         ({"num_heads": 3}, "must split into num_heads 3"),
         ({"num_kv_heads": 3}, "multiple of num_kv_heads 3"),
         ({"block_size": 512}, "block_size 512 exceeds max_seq_len"),
-        ({"learning_rate": 0}, "learning_rate must be > 0"),
-        ({"steps": 2.5}, "steps must be a positive integer"),
-        ({"tie_embeddings": "yes"}, "tie_embeddings must be true or false"),
+        ({"learning_rate": 0}, "learning_rate: Input should be greater than 0"),
+        ({"steps": 2.5}, "steps: Input should be a valid integer"),
+        ({"tie_embeddings": "yes"}, "tie_embeddings: Input should be a valid boolean"),
     ],
 )
 def test_bad_settings_are_refused_with_the_field_named(change, message):
@@ -63,7 +63,7 @@ def test_bad_settings_are_refused_with_the_field_named(change, message):
 
 def test_settings_from_dict_rejects_unknown_keys():
     assert TinyBaseSettings.from_dict({"steps": 5}).steps == 5
-    with pytest.raises(ZFLoRAError, match=r"unknown field\(s\) \['layers'\]"):
+    with pytest.raises(ZFLoRAError, match=r"unknown key\(s\) \['layers'\]"):
         TinyBaseSettings.from_dict({"layers": 2})
 
 

@@ -53,7 +53,7 @@ def run_trainer(model, tmp_path, steps: int = 20, lr: float = 2e-2, **extra):
 def test_trainer_lowers_loss_and_touches_only_adapters(method, tmp_path):
     base = tiny_model("llama", tied=False)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
-    model = methods.prepare(method, base, r=8, seed=0)
+    model = methods.prepare(method, base, methods.AdapterSettings(r=8), seed=0)
     losses = run_trainer(model, tmp_path)
     assert len(losses) == 20
     assert losses[-1] < 0.7 * losses[0], losses
@@ -78,7 +78,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_trainer_with_gradient_checkpointing(tmp_path):
-    model = methods.prepare("zflora", tiny_model("llama"), r=8, seed=0)
+    model = methods.prepare("zflora", tiny_model("llama"), methods.AdapterSettings(r=8), seed=0)
     losses = run_trainer(model, tmp_path, steps=5, gradient_checkpointing=True)
     assert losses[-1] < losses[0]
 
@@ -101,6 +101,6 @@ def test_lora_targets_the_same_projections_as_zflora():
         "o_proj",
         "down_proj",
     ]
-    lora = methods.prepare("lora", model, r=8)
+    lora = methods.prepare("lora", model, methods.AdapterSettings(r=8))
     adapted = {n.split(".")[-2] for n, _ in lora.named_modules() if n.endswith("lora_A")}
     assert adapted == set(methods.lora_target_modules(tiny_model("llama")))

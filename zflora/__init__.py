@@ -14,7 +14,7 @@ help do not pay for importing torch and transformers.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zflora.errors import ZFLoRAError
 
@@ -53,11 +53,3 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'zflora' has no attribute {name!r}")
-
-
-if TYPE_CHECKING:  # for type checkers and IDEs
-    from zflora.method.adapter_file import AdapterWeights, read_adapter
-    from zflora.method.architectures import SUPPORTED as SUPPORTED_ARCHITECTURES
-    from zflora.method.config import ZFLoRAConfig
-    from zflora.method.fusion import fused_width, swap_adapter
-    from zflora.method.model import ZFLoRAModel, get_zflora_model

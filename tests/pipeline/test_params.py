@@ -51,7 +51,7 @@ def with_change(path: str, value) -> dict:
         (
             "model.tiny",
             {"hidden_size": 130, "num_heads": 4},
-            r"model.tiny: TinyBaseSettings: hidden_size 130",
+            r"model.tiny: hidden_size 130 must split",
         ),
         ("model.tiny", {"hiden_size": 64}, r"unknown key 'model.tiny.hiden_size'"),
         ("profile.targets", ["llama-9b"], r"unknown profile target\(s\) \['llama-9b'\]"),

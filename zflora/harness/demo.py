@@ -137,11 +137,12 @@ def main(argv: list[str] | None = None) -> None:
 def _peft_switch_ms() -> float:
     from peft import get_peft_model
 
-    from zflora.harness.methods import lora_config
+    from zflora.harness.methods import AdapterSettings
 
     model = build_base()
-    peft_model = get_peft_model(model, lora_config(model, r=8), adapter_name="up")
-    peft_model.add_adapter("down", lora_config(model, r=8))
+    lora = AdapterSettings(r=8).lora_config(model)
+    peft_model = get_peft_model(model, lora, adapter_name="up")
+    peft_model.add_adapter("down", lora)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:

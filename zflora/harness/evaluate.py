@@ -18,12 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from zflora.errors import ZFLoRAError
 from zflora.harness.generation import generate_text
 from zflora.harness.methods import check_method, load_trained
 from zflora.method.atomic import atomic_dir
+from zflora.settings import Settings
+
+
+class EvaluateSettings(Settings):
+    """How to evaluate: generation batch size, answer budget, and an optional subset."""
+
+    batch_size: int = Field(32, gt=0, description="prompts per generation batch")
+    max_new_tokens: int | None = Field(None, gt=0, description="answer budget (default: the task's own)")
+    limit: int | None = Field(None, gt=0, description="evaluate only the first n test examples")
+
 
 # the forms each method is served in; the first is the headline
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -110,19 +121,20 @@ def evaluate_method(
     artifact_dir: str | Path | None,
     examples: list[Any],
     out_dir: str | Path,
-    batch_size: int = 32,
-    max_new_tokens: int | None = None,
+    settings: EvaluateSettings | None = None,
     dtype: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every serving form of `method` on `examples`; write predictions and metrics.json."""
+    settings = settings or EvaluateSettings()
+    examples = examples[: settings.limit] if settings.limit else examples
     variants = build_variants(method, base_path, artifact_dir, dtype)
     per_variant: dict[str, dict[str, float]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     for name, (model, tokenizer) in variants.items():
         start = time.perf_counter()
         metrics, rows = evaluate_examples(
-            model, tokenizer, task, examples, batch_size, max_new_tokens, progress
+            model, tokenizer, task, examples, settings.batch_size, settings.max_new_tokens, progress
         )
         per_variant[name] = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
         records[name] = rows

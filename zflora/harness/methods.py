@@ -1,6 +1,6 @@
 """One factory for every method the project compares: base, lora, zflora, zflora-mha, fft.
 
-    model = zflora.harness.methods.prepare("lora", base_model, r=16)      # PEFT LoRA, trainable
+    model = zflora.harness.methods.prepare("lora", base_model, AdapterSettings(r=16))  # PEFT LoRA
     zflora.harness.methods.save_trained("lora", model, "out/lora")        # adapter or full weights
     model = zflora.harness.methods.load_trained("lora", "base_dir", "out/lora", merged=True)
 
@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import Field
+
 from zflora.errors import ZFLoRAError
+from zflora.settings import Settings
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,38 +45,49 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return [path.rsplit(".", 1)[-1] for _, path in (*layout.readers, *layout.writers)]
 
 
-def lora_config(model: nn.Module, r: int, alpha: float | None = None, dropout: float = 0.0):
-    from peft import LoraConfig
+class AdapterSettings(Settings):
+    """Adapter shape shared by LoRA and zFLoRA: equal rank for a fair comparison."""
 
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha if alpha is not None else 2 * r,
-        lora_dropout=dropout,
-        target_modules=lora_target_modules(model),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    r: int = Field(16, gt=0, description="rank of LoRA and zFLoRA (zFLoRA: extra residual channels)")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default 2r)")
+    init_scale: float = Field(0.02, gt=0, lt=10, description="std of zFLoRA readers' random init")
+
+    def lora_config(self, model: nn.Module, dropout: float = 0.0, inference_mode: bool = False):
+        """PEFT LoraConfig on q/k/v/o/gate/up/down with this rank and alpha (default 2r): the one
+        LoRA baseline that training, evaluation, the profiler and the demo all use."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2 * self.r,
+            lora_dropout=dropout,
+            target_modules=lora_target_modules(model),
+            bias="none",
+            task_type="CAUSAL_LM",
+            inference_mode=inference_mode,
+        )
+
+    def zflora_config(self, method: str, seed: int | None = None):
+        """The ZFLoRAConfig of `method` (zflora: attn+mlp, zflora-mha: attn) with this rank and init."""
+        from zflora.method.config import ZFLoRAConfig
+
+        return ZFLoRAConfig(r=self.r, blocks=ZFLORA_BLOCKS[method], init_scale=self.init_scale, seed=seed)
 
 
 def prepare(
-    method: str,
-    model: nn.Module,
-    r: int = 16,
-    lora_alpha: float | None = None,
-    init_scale: float = 0.02,
-    seed: int | None = None,
+    method: str, model: nn.Module, adapter: AdapterSettings | None = None, seed: int | None = None
 ) -> nn.Module:
     """Make `model` ready to train with `method`; returns the model to hand to a Trainer.
 
     base: all weights frozen (nothing to train). lora: a PEFT model with LoRA on
     q/k/v/o/gate/up/down. zflora / zflora-mha: a ZFLoRAModel (attn+mlp / attn only).
-    fft: every weight trainable.
+    fft: every weight trainable. `adapter` sets the rank, LoRA alpha and zFLoRA init.
     """
     from zflora.method.architectures import layout_for
-    from zflora.method.config import ZFLoRAConfig
     from zflora.method.model import get_zflora_model
 
     check_method(method)
+    adapter = adapter or AdapterSettings()
     layout_for(model)  # same architecture support for every method, so comparisons are like for like
     if method == "base":
         for param in model.parameters():
@@ -86,9 +100,8 @@ def prepare(
     if method == "lora":
         from peft import get_peft_model
 
-        return get_peft_model(model, lora_config(model, r, lora_alpha))
-    config = ZFLoRAConfig(r=r, blocks=ZFLORA_BLOCKS[method], init_scale=init_scale, seed=seed)
-    return get_zflora_model(model, config)
+        return get_peft_model(model, adapter.lora_config(model))
+    return get_zflora_model(model, adapter.zflora_config(method, seed))
 
 
 def save_trained(method: str, model: nn.Module, out_dir: str | Path, tokenizer=None) -> Path:

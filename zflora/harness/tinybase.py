@@ -12,19 +12,19 @@ with a plain torch loop. Everything is seeded, so the same settings give the sam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 
-from zflora.errors import ZFLoRAError, check_fields
+from zflora.errors import ZFLoRAError
 from zflora.harness.data.corpus import general_corpus
 from zflora.method.atomic import atomic_dir
+from zflora.settings import Settings
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 __all__ = [
@@ -69,85 +69,50 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     )
 
 
-@dataclass
-class TinyBaseSettings:
+class TinyBaseSettings(Settings):
     """Shape and pretraining budget of the embedded tiny base model.
 
     Defaults: 0.9M parameters (hidden 128, 4 layers, 4 heads / 2 kv heads), 600 steps of
     16 x 128 tokens, about 2.5 minutes on 2 CPU cores.
     """
 
-    vocab_size: int = field(
-        default=2048,
-        metadata={"help": "BPE vocabulary size cap (>= 300); the default corpus stops near 1240"},
+    vocab_size: int = Field(
+        2048,
+        ge=300,
+        description="BPE vocabulary size cap (>= 300: 256 bytes + merges); the corpus stops near 1240",
     )
-    hidden_size: int = field(default=128, metadata={"help": "model width d"})
-    num_layers: int = field(default=4, metadata={"help": "decoder blocks"})
-    num_heads: int = field(default=4, metadata={"help": "attention heads (divide hidden_size)"})
-    num_kv_heads: int = field(
-        default=2, metadata={"help": "key/value heads (divide num_heads): grouped-query attention"}
+    hidden_size: int = Field(128, gt=0, description="model width d")
+    num_layers: int = Field(4, gt=0, description="decoder blocks")
+    num_heads: int = Field(4, gt=0, description="attention heads (divide hidden_size)")
+    num_kv_heads: int = Field(
+        2, gt=0, description="key/value heads (divide num_heads): grouped-query attention"
     )
-    intermediate_size: int = field(default=352, metadata={"help": "MLP width"})
-    max_seq_len: int = field(default=256, metadata={"help": "longest sequence the model accepts (positions)"})
-    block_size: int = field(default=128, metadata={"help": "pretraining sequence length (<= max_seq_len)"})
-    steps: int = field(default=600, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate (cosine decay)"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    seed: int = field(default=0, metadata={"help": "seed of the corpus, initialisation and batch order"})
-    corpus_docs: int = field(default=6000, metadata={"help": "documents in the generated corpus"})
-    tie_embeddings: bool = field(default=True, metadata={"help": "share the input embedding and the LM head"})
+    intermediate_size: int = Field(352, gt=0, description="MLP width")
+    max_seq_len: int = Field(256, gt=0, description="longest sequence the model accepts (positions)")
+    block_size: int = Field(128, gt=0, description="pretraining sequence length (<= max_seq_len)")
+    steps: int = Field(600, gt=0, description="optimizer steps")
+    batch_size: int = Field(16, gt=0, description="sequences per step")
+    learning_rate: float = Field(3e-3, gt=0, lt=1, description="peak AdamW learning rate (cosine decay)")
+    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay")
+    seed: int = Field(0, ge=0, description="seed of the corpus, initialisation and batch order")
+    corpus_docs: int = Field(6000, gt=0, description="documents in the generated corpus")
+    tie_embeddings: bool = Field(True, strict=True, description="share the input embedding and the LM head")
 
-    def __post_init__(self) -> None:
-        positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                    "max_seq_len", "block_size", "steps", "batch_size", "corpus_docs")  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ZFLoRAError(f"TinyBaseSettings.{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ZFLoRAError(f"TinyBaseSettings.{name} must be a non-negative integer, got {value!r}")
-        if self.vocab_size < 300:
-            raise ZFLoRAError(
-                f"TinyBaseSettings.vocab_size must be >= 300 (256 bytes + merges), got {self.vocab_size}"
-            )
+    @model_validator(mode="after")
+    def _shape_fits(self) -> TinyBaseSettings:
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ZFLoRAError(
-                f"TinyBaseSettings: hidden_size {self.hidden_size} must split into num_heads {self.num_heads} "
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must split into num_heads {self.num_heads} "
                 "heads of even size (rotary embeddings); e.g. hidden_size 128 with 4 heads"
             )
         if self.num_heads % self.num_kv_heads:
-            raise ZFLoRAError(
-                f"TinyBaseSettings: num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
+            raise ValueError(
+                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
             )
         if self.block_size > self.max_seq_len:
-            raise ZFLoRAError(
-                f"TinyBaseSettings: block_size {self.block_size} exceeds max_seq_len {self.max_seq_len}; lower it"
-            )
-        for name, low, high in (("learning_rate", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low <= value < high):
-                raise ZFLoRAError(
-                    f"TinyBaseSettings.{name} must be a number in [{low}, {high}), got {value!r}"
-                )
-        if self.learning_rate == 0:
-            raise ZFLoRAError("TinyBaseSettings.learning_rate must be > 0; try 3e-3")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ZFLoRAError(
-                f"TinyBaseSettings.tie_embeddings must be true or false, got {self.tie_embeddings!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "tiny base settings") -> TinyBaseSettings:
-        """Settings from a mapping (e.g. a params.yaml section); unknown keys are an error."""
-        check_fields(cls, data, source)
-        return cls(**data)
+            raise ValueError(f"block_size {self.block_size} exceeds max_seq_len {self.max_seq_len}; lower it")
+        return self
 
 
 def _llama_config(settings: TinyBaseSettings, tokenizer):

@@ -1,7 +1,7 @@
 """Fine-tune a prepared model on a task's examples with HF Trainer (loss on answer tokens only).
 
     from zflora.harness.train import TrainSettings, train_method
-    metrics = train_method("models/base", examples, "out/adapter", TrainSettings(method="zflora", r=16))
+    metrics = train_method("models/base", examples, "out/adapter", "zflora", TrainSettings(max_steps=100))
 
 Every method goes through the same entry point and the same Trainer, so `torchrun`
 (DDP) and `accelerate launch` work unchanged. Checkpoints are written every
@@ -12,79 +12,78 @@ over. A non-finite loss stops training with an error that names the step.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.methods import DEFAULT_LEARNING_RATES, TRAINED_METHODS, prepare, save_trained
+from zflora.harness.methods import (
+    DEFAULT_LEARNING_RATES,
+    TRAINED_METHODS,
+    AdapterSettings,
+    prepare,
+    save_trained,
+)
 from zflora.method.atomic import write_text
 from zflora.method.model import ZFLoRAModel
+from zflora.settings import Settings
 
 IGNORE_INDEX = -100
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
-@dataclass
-class TrainSettings:
-    """How to fine-tune one method on one task."""
+class TrainSettings(Settings):
+    """How to fine-tune: the same for every method, except the learning rate (per method)."""
 
-    method: str = field(default="zflora", metadata={"help": "lora, zflora, zflora-mha or fft"})
-    r: int = field(default=16, metadata={"help": "adapter rank (lora and zflora)"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2r)"})
-    learning_rate: float | None = field(default=None, metadata={"help": "None: the method's default"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training examples"})
-    max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_seq_len: int = field(default=256, metadata={"help": "longer examples lose the start of their prompt"})
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    seed: int = 0
-    save_steps: int = field(
-        default=50, metadata={"help": "checkpoint period (steps); resume point after a kill"}
+    epochs: float = Field(1.0, gt=0, description="passes over the training examples")
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    batch_size: int = Field(16, gt=0, description="examples per device and step")
+    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    max_seq_len: int = Field(256, gt=0, description="longer examples lose the start of their prompt")
+    learning_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-method overrides of the default learning rates "
+        + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items()),
     )
-    logging_steps: int = 10
-    gradient_checkpointing: bool = False
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (training precision)"})
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="linear warm-up, as a fraction of the steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    seed: int = Field(0, description="seed of the adapter init, data order and dropout")
+    save_steps: int = Field(50, gt=0, description="checkpoint period (steps): the resume point after a kill")
+    logging_steps: int = Field(10, gt=0, description="loss logging period (steps)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
 
-    def __post_init__(self) -> None:
-        if self.method not in TRAINED_METHODS:
-            raise ZFLoRAError(
-                f"cannot train method {self.method!r}; trainable methods are {list(TRAINED_METHODS)}"
-            )
-        positive = {
-            "r": self.r,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "max_seq_len": self.max_seq_len,
-            "save_steps": self.save_steps,
-            "logging_steps": self.logging_steps,
-        }
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ZFLoRAError(f"train setting {name} must be a positive integer, got {value!r}")
-        if self.learning_rate is not None and not (0 < self.learning_rate < 1):
-            raise ZFLoRAError(f"train setting learning_rate must be in (0, 1), got {self.learning_rate!r}")
-        if self.max_steps <= 0 and not self.epochs > 0:
-            raise ZFLoRAError(f"train setting epochs must be > 0 (or set max_steps), got {self.epochs!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ZFLoRAError(f"train setting dtype must be float32 or bfloat16, got {self.dtype!r}")
+    @field_validator("learning_rates")
+    @classmethod
+    def _known_rates(cls, rates: dict[str, float]) -> dict[str, float]:
+        for method, rate in rates.items():
+            if method not in TRAINED_METHODS:
+                raise ValueError(
+                    f"learning rate for unknown or untrainable method {method!r}; "
+                    f"trainable methods are {list(TRAINED_METHODS)}"
+                )
+            if not 0 < rate < 1:
+                raise ValueError(f"learning rate of {method} must be in (0, 1), got {rate}")
+        return rates
 
-    @property
-    def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+    def learning_rate(self, method: str) -> float:
+        """The override for `method`, else its default."""
+        check_trainable(method)
+        return self.learning_rates.get(method, DEFAULT_LEARNING_RATES[method])
+
+
+def check_trainable(method: str) -> str:
+    if method not in TRAINED_METHODS:
+        raise ZFLoRAError(f"cannot train method {method!r}; trainable methods are {list(TRAINED_METHODS)}")
+    return method
 
 
 class SupervisedDataset(Dataset):
@@ -177,11 +176,14 @@ def make_trainer_class():
     return ZFLoRATrainer
 
 
-def run_fingerprint(base_path: str, examples: list[Any], settings: TrainSettings) -> str:
-    """Identifies a training run: a checkpoint is resumed only by the same run."""
+def run_fingerprint(base: dict[str, Any], examples: list[Any], parts: dict[str, Any]) -> str:
+    """Identifies a training run: a checkpoint is resumed only by the same run.
+
+    Keyed on the base model's fingerprint (architecture, shapes, weights), not its path: a
+    base replaced in place (another model saved to the same folder) starts over.
+    """
     digest = hashlib.sha256()
-    digest.update(str(Path(base_path).resolve() if Path(base_path).exists() else base_path).encode())
-    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    digest.update(json.dumps({"base": base, **parts}, sort_keys=True, default=str).encode())
     for example in examples:
         digest.update(example.prompt.encode())
         digest.update(example.target.encode())
@@ -201,8 +203,12 @@ def last_complete_checkpoint(work_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
-    """Keep checkpoints of the same run (returns the one to resume); wipe anything else."""
+def prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
+    """Keep checkpoints of the same run (returns the one to resume); wipe anything else.
+
+    Idempotent: under DDP the main process runs it first and the others then find the
+    directory already prepared for the same run (`TrainingArguments.main_process_first`).
+    """
     stamp = work_dir / "run.json"
     if work_dir.exists():
         try:
@@ -221,52 +227,47 @@ def _prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
     return None
 
 
-def _await_work_dir(work_dir: Path, fingerprint: str, timeout_s: float = 120.0) -> Path | None:
-    """Other DDP ranks: wait until rank 0 has prepared the work directory, then resume from the same point."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((work_dir / "run.json").read_text()).get("fingerprint") == fingerprint:
-                return last_complete_checkpoint(work_dir)
-        except (OSError, json.JSONDecodeError):
-            pass
-        time.sleep(0.2)
-    raise ZFLoRAError(
-        f"rank {os.environ.get('RANK')}: rank 0 did not prepare {work_dir} within {timeout_s:.0f} s"
-    )
-
-
 def train_method(
     base_path: str | Path,
     examples: list[Any],
     out_dir: str | Path,
-    settings: TrainSettings,
+    method: str,
+    settings: TrainSettings | None = None,
+    adapter: AdapterSettings | None = None,
+    dtype: str = "float32",
     work_dir: str | Path | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Train `settings.method` on `examples` from the base at `base_path`; save to `out_dir`.
+    """Train `method` on `examples` from the base at `base_path`; save to `out_dir`.
 
-    Returns metrics (losses, steps, seconds, trainable parameters, resumed_from_step).
-    `out_dir` receives the adapter (lora, zflora*) or full model (fft) atomically.
+    The base is loaded in `dtype` (float32, bfloat16 or float16) and trained in it; zFLoRA
+    and LoRA keep their adapter parameters in float32 on a half-precision base, as PEFT
+    does. Returns metrics (losses, steps, seconds, trainable parameters,
+    resumed_from_step). `out_dir` receives the adapter (lora, zflora*) or full model (fft)
+    atomically.
     """
     from transformers import TrainingArguments, set_seed
 
+    from zflora.method.fingerprint import base_fingerprint
     from zflora.method.loading import load_causal_lm
 
+    check_trainable(method)
+    settings = settings or TrainSettings()
+    adapter = adapter or AdapterSettings()
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.parent / f".{out_dir.name}.checkpoints"
     set_seed(settings.seed)
-    model, tokenizer = load_causal_lm(base_path, dtype=settings.dtype, trust_remote_code=trust_remote_code)
+    model, tokenizer = load_causal_lm(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
     if tokenizer is None:
         raise ZFLoRAError(f"base model {str(base_path)!r} has no tokenizer; save one next to it")
-    model = prepare(settings.method, model, r=settings.r, lora_alpha=settings.lora_alpha, seed=settings.seed)
+    fingerprint = run_fingerprint(
+        base_fingerprint(model),
+        examples,
+        {"method": method, "dtype": dtype, "train": settings.to_dict(), "adapter": adapter.to_dict()},
+    )
+    model = prepare(method, model, adapter, seed=settings.seed)
     dataset = SupervisedDataset(examples, tokenizer, settings.max_seq_len)
-    fingerprint = run_fingerprint(str(base_path), examples, settings)
-    if int(os.environ.get("RANK", "0")) == 0:
-        resume = _prepare_work_dir(work_dir, fingerprint)
-    else:
-        resume = _await_work_dir(work_dir, fingerprint)
 
     args = TrainingArguments(
         output_dir=str(work_dir),
@@ -274,7 +275,7 @@ def train_method(
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.lr,
+        learning_rate=settings.learning_rate(method),
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=settings.lr_scheduler,
@@ -287,11 +288,13 @@ def train_method(
         report_to=[],
         disable_tqdm=not progress,
         gradient_checkpointing=settings.gradient_checkpointing,
-        bf16=settings.dtype == "bfloat16" and torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
+    # DDP: the main process prepares (or wipes) the checkpoint folder, then the others read it
+    with args.main_process_first(local=False, desc="checkpoint folder"):
+        resume = prepare_work_dir(work_dir, fingerprint)
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id)
     )
@@ -300,19 +303,21 @@ def train_method(
     seconds = time.perf_counter() - start
     losses = [(row["step"], row["loss"]) for row in trainer.state.log_history if "loss" in row]
     if trainer.args.should_save:
-        save_trained(settings.method, model, out_dir, tokenizer=tokenizer)
+        save_trained(method, model, out_dir, tokenizer=tokenizer)
         shutil.rmtree(work_dir, ignore_errors=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "method": settings.method,
+        "method": method,
+        "dtype": dtype,
         "steps": trainer.state.global_step,
         "resumed_from_step": int(resume.name[len(CHECKPOINT_PREFIX) :]) if resume else 0,
         "train_seconds": round(seconds, 2),
         "train_examples": len(dataset),
-        "learning_rate": settings.lr,
+        "learning_rate": settings.learning_rate(method),
         "trainable_parameters": trainable,
         "final_loss": losses[-1][1] if losses else math.nan,
         "first_loss": losses[0][1] if losses else math.nan,
         "loss_curve": losses,
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": args.world_size,
+        "is_main_process": trainer.is_world_process_zero(),
     }

@@ -31,7 +31,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def _dtype_of(config: ZFLoRAConfig, like: torch.Tensor) -> torch.dtype:
-    return like.dtype if config.dtype == "auto" else getattr(torch, config.dtype)
+    """The adapter's parameter dtype: 'auto' keeps float32 on a half-precision base (as PEFT
+    does for LoRA), so small updates are not rounded away; otherwise the base's dtype."""
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    return torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
 
 
 class ZFLoRAModel(nn.Module):

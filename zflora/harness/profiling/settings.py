@@ -10,16 +10,25 @@ n decoder layers for quick CPU runs.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from zflora.errors import ZFLoRAError, check_fields
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+
+from zflora.settings import Settings
 
 CLOCKS = ("wall", "cpu")
 VARIANTS = ("base", "lora", "lora-merged", "zflora", "zflora-fused")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _as_tuple(values: Any) -> Any:
+    return (values,) if isinstance(values, int) and not isinstance(values, bool) else values
+
+
+def _unique(values: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(values))  # keep order, drop duplicates
 
 
 @dataclass(frozen=True)
@@ -78,136 +87,77 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
-def _positive_ints(name: str, values: Any, allow_empty: bool = False) -> tuple[int, ...]:
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = (values,)
-    try:
-        values = tuple(values)
-    except TypeError:
-        raise ZFLoRAError(
-            f"ProfileSettings.{name} must be a list of positive integers, got {values!r}"
-        ) from None
-    if not values and not allow_empty:
-        raise ZFLoRAError(
-            f"ProfileSettings.{name} is empty; give at least one positive integer, e.g. {name}=(1, 8)"
-        )
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v <= 0]
-    if bad:
-        raise ZFLoRAError(f"ProfileSettings.{name} must hold positive integers, got {bad}")
-    return tuple(dict.fromkeys(values))  # keep order, drop duplicates
+PositiveInts = Annotated[
+    tuple[Annotated[int, Field(gt=0, strict=True)], ...], BeforeValidator(_as_tuple), AfterValidator(_unique)
+]
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ZFLoRAError(f"ProfileSettings.{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-@dataclass
-class ProfileSettings:
+class ProfileSettings(Settings):
     """What to profile and how. Every field is validated; bad values raise ZFLoRAError."""
 
-    preset: str | None = field(
-        default="llama-3.2-1b",
-        metadata={"help": f"named model shape with random weights: {', '.join(PRESETS)}"},
+    preset: str | None = Field(
+        "llama-3.2-1b", description=f"named model shape with random weights: {', '.join(PRESETS)}"
     )
-    model: str | None = field(
-        default=None, metadata={"help": "a local HF model directory (Llama/Mistral/Qwen2); overrides preset"}
+    model: str | None = Field(
+        None, description="a local HF model directory (Llama/Mistral/Qwen2); overrides preset"
     )
-    layers: int | None = field(
-        default=None, metadata={"help": "keep only the first n decoder layers of a preset (quick CPU runs)"}
+    layers: int | None = Field(
+        None, gt=0, description="keep only the first n decoder layers of a preset (quick CPU runs)"
     )
-    r: int = field(default=32, metadata={"help": "adapter rank of LoRA and zFLoRA"})
-    dtype: str = field(default="float32", metadata={"help": f"weights and activations: {', '.join(DTYPES)}"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
-    batch_sizes: tuple[int, ...] = field(default=(1, 8), metadata={"help": "batch sizes to time"})
-    prompt_lengths: tuple[int, ...] = field(
-        default=(32, 128), metadata={"help": "prompt lengths for prefill"}
+    r: int = Field(32, gt=0, description="adapter rank of LoRA and zFLoRA")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and activations")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
+    batch_sizes: PositiveInts = Field((1, 8), min_length=1, description="batch sizes to time")
+    prompt_lengths: PositiveInts = Field((32, 128), min_length=1, description="prompt lengths for prefill")
+    decode_tokens: int = Field(16, gt=0, description="tokens decoded (KV cache) per decode sample")
+    decode_context: int | None = Field(
+        None, gt=0, description="prompt length before decoding (default: the shortest prompt length)"
     )
-    decode_tokens: int = field(default=16, metadata={"help": "tokens decoded (KV cache) per decode sample"})
-    decode_context: int | None = field(
-        default=None, metadata={"help": "prompt length before decoding (default: the shortest prompt length)"}
+    repeats: int = Field(10, gt=0, description="timed samples per variant and cell (round-robin)")
+    warmup: int = Field(2, ge=0, description="untimed runs per variant before each cell")
+    switch_repeats: int = Field(20, gt=0, description="timed samples per adapter-switch method")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    clock: Literal["wall", "cpu"] = Field(
+        "wall",
+        description="wall: elapsed time; cpu: process CPU time (CPU only; robust on a shared machine, use threads=1)",
     )
-    repeats: int = field(default=10, metadata={"help": "timed samples per variant and cell (round-robin)"})
-    warmup: int = field(default=2, metadata={"help": "untimed runs per variant before each cell"})
-    switch_repeats: int = field(default=20, metadata={"help": "timed samples per adapter-switch method"})
-    threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
+    pad_multiples: PositiveInts = Field(
+        (), description="extra fused variants with the width padded to these multiples"
     )
-    clock: str = field(
-        default="wall",
-        metadata={
-            "help": "wall: elapsed time; cpu: process CPU time (CPU only; robust on a shared machine, use threads=1)"
-        },
-    )
-    pad_multiples: tuple[int, ...] = field(
-        default=(), metadata={"help": "extra fused variants with the width padded to these multiples"}
-    )
-    variants: tuple[str, ...] = field(
-        default=VARIANTS, metadata={"help": f"variants to time: {', '.join(VARIANTS)}"}
-    )
-    memory: bool = field(default=True, metadata={"help": "measure weight and peak activation memory"})
-    switch: bool = field(default=True, metadata={"help": "time adapter switching"})
-    seed: int = field(default=0, metadata={"help": "seed of weights, adapters and inputs"})
+    variants: tuple[str, ...] = Field(VARIANTS, description=f"variants to time: {', '.join(VARIANTS)}")
+    memory: bool = Field(True, description="measure weight and peak activation memory")
+    switch: bool = Field(True, description="time adapter switching")
+    seed: int = Field(0, strict=True, description="seed of weights, adapters and inputs")
 
-    def __post_init__(self) -> None:
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _known_variants(cls, variants: Any) -> tuple[str, ...]:
+        variants = (variants,) if isinstance(variants, str) else tuple(variants)
+        if "base" not in variants or any(v not in VARIANTS for v in variants):
+            raise ValueError(
+                f"must include 'base' and only names from {list(VARIANTS)}, got {list(variants)}"
+            )
+        return tuple(v for v in VARIANTS if v in variants)  # canonical order
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProfileSettings:
         if self.model is not None:
-            path = Path(self.model)
-            if not (path / "config.json").is_file():
-                raise ZFLoRAError(
-                    f"ProfileSettings.model {self.model!r} is not a model directory (no config.json); "
+            if not (Path(self.model) / "config.json").is_file():
+                raise ValueError(
+                    f"model {self.model!r} is not a model directory (no config.json); "
                     "pass a directory written by save_pretrained, or use a preset"
                 )
             if self.layers is not None:
-                raise ZFLoRAError(
-                    "ProfileSettings.layers applies to presets only; drop it when profiling a model directory"
-                )
-            self.model = str(path)
+                raise ValueError("layers applies to presets only; drop it when profiling a model directory")
         elif self.preset not in PRESETS:
-            raise ZFLoRAError(
+            raise ValueError(
                 f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)} or pass a model directory"
             )
-        if self.layers is not None:
-            _positive_int("layers", self.layers)
-        _positive_int("r", self.r)
-        if self.dtype not in DTYPES:
-            raise ZFLoRAError(f"ProfileSettings.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.device, str) or not (
-            self.device == "cpu" or self.device.split(":")[0] == "cuda"
-        ):
-            raise ZFLoRAError(
-                f"ProfileSettings.device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
-            )
-        self.batch_sizes = _positive_ints("batch_sizes", self.batch_sizes)
-        self.prompt_lengths = _positive_ints("prompt_lengths", self.prompt_lengths)
-        self.pad_multiples = _positive_ints("pad_multiples", self.pad_multiples, allow_empty=True)
-        _positive_int("decode_tokens", self.decode_tokens)
-        if self.decode_context is not None:
-            _positive_int("decode_context", self.decode_context)
-        _positive_int("repeats", self.repeats)
-        _positive_int("warmup", self.warmup, minimum=0)
-        _positive_int("switch_repeats", self.switch_repeats)
-        if self.threads is not None:
-            _positive_int("threads", self.threads)
-        if self.clock not in CLOCKS:
-            raise ZFLoRAError(f"ProfileSettings.clock must be one of {list(CLOCKS)}, got {self.clock!r}")
         if self.clock == "cpu" and self.device != "cpu":
-            raise ZFLoRAError(
-                "ProfileSettings.clock='cpu' measures CPU time and needs device='cpu'; use clock='wall' on CUDA"
-            )
-        if isinstance(self.variants, str):
-            self.variants = (self.variants,)
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or "base" not in self.variants:
-            raise ZFLoRAError(
-                f"ProfileSettings.variants must include 'base' and only names from {list(VARIANTS)}, "
-                f"got {list(self.variants)}"
-            )
-        self.variants = tuple(v for v in VARIANTS if v in self.variants)
+            raise ValueError("clock='cpu' measures CPU time and needs device='cpu'; use clock='wall' on CUDA")
         if self.pad_multiples and "zflora-fused" not in self.variants:
-            raise ZFLoRAError("ProfileSettings.pad_multiples needs the 'zflora-fused' variant")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ZFLoRAError(f"ProfileSettings.seed must be an integer, got {self.seed!r}")
+            raise ValueError("pad_multiples needs the 'zflora-fused' variant")
+        return self
 
     @property
     def source(self) -> str:
@@ -218,20 +168,3 @@ class ProfileSettings:
     def context_length(self) -> int:
         """Prompt length before the decode steps."""
         return self.decode_context or min(self.prompt_lengths)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "profile settings") -> ProfileSettings:
-        """Settings from a params.yaml section or JSON, rejecting unknown keys with a clear message."""
-        check_fields(cls, data, source, noun="key")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        try:
-            return cls(**data)
-        except ZFLoRAError as e:
-            raise ZFLoRAError(f"{source}: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key, value in data.items():
-            if isinstance(value, tuple):
-                data[key] = list(value)
-        return data

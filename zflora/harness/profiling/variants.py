@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from zflora.errors import ZFLoRAError
+from zflora.harness.methods import AdapterSettings, lora_target_modules
 from zflora.harness.profiling.settings import PRESETS, ProfileSettings
 from zflora.method.adapter_file import AdapterWeights
 from zflora.method.architectures import layout_for
@@ -37,7 +38,6 @@ from zflora.method.fusion import fuse_adapter, fused_width
 from zflora.method.loading import load_causal_lm
 from zflora.method.model import ZFLoRAModel, get_zflora_model
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INIT_STD = 0.02
 ADAPTERS = ("task1", "task2")  # PEFT warns about names inside its "lora_" prefix
 
@@ -106,20 +106,6 @@ def share_weights(model: nn.Module, clone: set[str] = frozenset()) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def lora_config(r: int) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=r,
-        lora_alpha=r,
-        lora_dropout=0.0,
-        target_modules=list(LORA_TARGETS),
-        bias="none",
-        task_type="CAUSAL_LM",
-        inference_mode=True,
-    )
-
-
 def _lora_model(model: nn.Module, r: int) -> Any:
     """PEFT LoRA with two adapters (the first active), adapter weights in the base dtype.
 
@@ -129,12 +115,11 @@ def _lora_model(model: nn.Module, r: int) -> Any:
     """
     from peft import get_peft_model
 
+    config = AdapterSettings(r=r).lora_config(model, inference_mode=True)  # alpha 2r, as trained
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: not our users' concern
         warnings.simplefilter("ignore", FutureWarning)
-        peft_model = get_peft_model(
-            model, lora_config(r), adapter_name=ADAPTERS[0], autocast_adapter_dtype=False
-        )
-        peft_model.add_adapter(ADAPTERS[1], lora_config(r), autocast_adapter_dtype=False)
+        peft_model = get_peft_model(model, config, adapter_name=ADAPTERS[0], autocast_adapter_dtype=False)
+        peft_model.add_adapter(ADAPTERS[1], config, autocast_adapter_dtype=False)
     peft_model.set_adapter(ADAPTERS[0])
     return peft_model.eval()
 
@@ -144,10 +129,11 @@ def _lora_state(peft_model: Any) -> dict[str, torch.Tensor]:
 
 
 def _target_weight_names(model: nn.Module) -> set[str]:
+    targets = set(lora_target_modules(model))
     return {
         f"{name}.weight"
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
     }
 
 
@@ -172,7 +158,11 @@ def build_variants(
             param.normal_(0.0, INIT_STD, generator=generator)
         if "lora" in wanted:
             vs.peft_unmerged = unmerged
-            vs.add("lora", unmerged, f"HF PEFT LoRA r={settings.r} on {','.join(LORA_TARGETS)}, unmerged")
+            vs.add(
+                "lora",
+                unmerged,
+                f"HF PEFT LoRA r={settings.r} on {','.join(lora_target_modules(base))}, unmerged",
+            )
     if "lora-merged" in wanted:
         plain = share_weights(base, clone=_target_weight_names(base))  # merging writes these weights
         merged = _lora_model(share_weights(plain), settings.r)
