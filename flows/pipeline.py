@@ -8,13 +8,22 @@ The Prefect UI deployments (flows/serve.py) run this flow; with parameter overri
 runs `dvc exp run --set-param ...`, so a UI-triggered run is recorded as a DVC experiment
 and reuses DVC's cache like `dvc repro`. Runs in one workspace are serialised with a file
 lock: a second run waits for the first instead of tripping over DVC's own lock.
+
+A run that does not come from this command line (a deployment run, from the UI or the
+API) may override only the experiment knobs (UI_ALLOWED: adapter.*, train.*, evaluate.*,
+profile.*, data.train_size, data.test_size) plus what the operator allowed with
+`python -m flows.serve --allow-param KEY`; `model.*` (which model, and whether its code
+runs) and `data.data_dir` need that. Every run's `targets` must be stage names of
+dvc.yaml. A refused run fails with one line and starts no DVC command.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +38,91 @@ from zflora.errors import ZFLoRAError
 from .stage import exit_code, fail, quiet_user_errors, run_with_api, user_errors_fail
 
 LOCK_FILE = Path(".dvc") / "tmp" / "zflora-pipeline.lock"
+# what a deployment run (Prefect UI or API) may override; `flows.serve --allow-param` adds more
+UI_ALLOWED = ("adapter.*", "train.*", "evaluate.*", "profile.*", "data.train_size", "data.test_size")
+ALLOW_ENV = "ZFLORA_SERVE_ALLOW"  # set by flows.serve from its --allow-param options
+_KEY = re.compile(r"[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)+")
+ALLOW_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)*(\.\*)?|\*")
+_TEXT = re.compile(r"[A-Za-z0-9_.+-]{0,200}")  # a string value: no quoting, no YAML/Hydra syntax
+_TARGET = re.compile(r"(?P<stage>[A-Za-z0-9_-]+)(@[A-Za-z0-9_.-]+)?")
+_EXPERIMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_operator = False  # True when main() runs: the command line is the operator's own
+
+
+def allowed(key: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(p == "*" or key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in patterns)
+
+
+def ui_allowed() -> tuple[str, ...]:
+    """UI_ALLOWED plus what the operator allowed on `flows.serve`'s command line."""
+    extra = [p for p in os.environ.get(ALLOW_ENV, "").split(",") if p]
+    return (*UI_ALLOWED, *extra)
+
+
+def _safe_value(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return _TEXT.fullmatch(value) is not None
+    if isinstance(value, list):
+        return len(value) <= 100 and all(_safe_value(v) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 100 and all(
+            isinstance(k, str) and _TEXT.fullmatch(k) and _safe_value(v) for k, v in value.items()
+        )
+    return False
+
+
+def stage_names(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ZFLoRAError(
+            f"cannot read the stage names from {dvc_file} ({e}); run from the project root"
+        ) from e
+    return list(stages)
+
+
+def check_request(
+    set_params: dict[str, Any] | None,
+    targets: list[str] | None,
+    experiment: str | None,
+    allow: tuple[str, ...] | None,
+) -> None:
+    """Refuse, with one line, what must not reach `dvc`; `allow` None: any params key (operator)."""
+    names = stage_names()
+    for target in targets or []:
+        match = _TARGET.fullmatch(target) if isinstance(target, str) else None
+        if match is None or match["stage"] not in names:
+            raise ZFLoRAError(
+                f"targets: {target!r} is not a stage of dvc.yaml; use one of {', '.join(names)} "
+                "(or <stage>@<item>, e.g. train@embedded-math-zflora)"
+            )
+    if experiment is not None and not (isinstance(experiment, str) and _EXPERIMENT.fullmatch(experiment)):
+        raise ZFLoRAError(
+            f"experiment: {experiment!r} is not a valid experiment name; use letters, digits, '.', '_' and '-'"
+        )
+    for key, value in (set_params or {}).items():
+        if not (isinstance(key, str) and _KEY.fullmatch(key)):
+            raise ZFLoRAError(
+                f"set_params: {key!r} is not a params key; write dotted names such as adapter.r"
+            )
+        if allow is None:
+            continue
+        if not allowed(key, allow):
+            raise ZFLoRAError(
+                f"set_params: {key!r} cannot be set from a Prefect UI or API run (allowed: {', '.join(allow)}); "
+                f"the operator can allow it with `python -m flows.serve --allow-param {key}`"
+            )
+        if not _safe_value(value):
+            raise ZFLoRAError(
+                f"set_params: the value of {key!r} ({value!r}) is not allowed from a Prefect UI or API run; "
+                "use numbers, true/false, or plain words (letters, digits, . _ + -)"
+            )
 
 
 def dvc_command(
@@ -80,6 +174,7 @@ def pipeline_flow(
 ) -> dict[str, Any]:
     """Run the DVC pipeline (or some `targets`) with optional params overrides, e.g. {"adapter.r": 32}."""
     logger = get_run_logger()
+    check_request(set_params, targets, experiment, allow=None if _operator else ui_allowed())
     cmd = dvc_command(set_params, targets, experiment, force)
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK_FILE, "w") as lock:
@@ -117,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="DVC experiment name")
     p.add_argument("--force", action="store_true", help="rerun stages even if nothing changed")
     args = p.parse_args(argv)
+    global _operator
+    _operator = True  # this command line may override any params key (targets are still checked)
     try:
         overrides = _parse_set(args.set_param)
         from .server import ensure_api

@@ -1,13 +1,20 @@
 """Serve the pipeline's deployments to a Prefect server, so runs can be started from its UI.
 
-    prefect server start --host 127.0.0.1          # or: python -m flows.server start
-    PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve
+    python -m flows.server start                  # or: make prefect-ui
+    python -m flows.serve                         # or: make serve
+    python -m flows.serve --allow-param model.name --allow-param data.data_dir
 
 Deployments (all run flows/pipeline.py, i.e. DVC): `zflora-pipeline/pipeline` (everything)
 and `zflora-pipeline/stage-<name>` (one stage and what it needs). In the UI, "Run" ->
 "Custom run" takes `set_params` such as {"adapter.r": 32, "train.epochs": 2}: the run is
 then a DVC experiment (`dvc exp run --set-param ...`), versioned and cached. At most one
 run executes at a time per deployment, and runs in this workspace are serialised.
+
+Without PREFECT_API_URL the deployments go to this workspace's own server (started if
+needed), which asks for the auth string in `.prefect/server.auth`. A run may override
+only the experiment knobs (flows.pipeline.UI_ALLOWED); `--allow-param KEY` (repeatable,
+`section.*` for a whole section) lets runs set more, e.g. `model.name` or
+`data.data_dir`. Anything else ends the run FAILED with one line, before any DVC command.
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ STAGES = ("base", "prepare", "train", "fuse", "evaluate", "profile", "report")
 
 
 def deployments() -> list:
+    from prefect.types.entrypoint import EntrypointType
+
     from .pipeline import pipeline_flow
 
+    # runs import `flows.pipeline` as a module of the `flows` package: loaded as a script
+    # (flows/pipeline.py), Prefect would put flows/ first on sys.path, where flows/profile.py
+    # hides the standard library's `profile` module (imported by cProfile, hence by torch)
+    module = EntrypointType.MODULE_PATH
     items = [
         pipeline_flow.to_deployment(
             name="pipeline",
             description="The whole zflora pipeline (dvc repro, or dvc exp run with set_params).",
             tags=["zflora", "dvc"],
             concurrency_limit=1,
+            entrypoint_type=module,
         )
     ]
     for stage in STAGES:
@@ -36,19 +50,35 @@ def deployments() -> list:
                 parameters={"targets": [stage]},
                 tags=["zflora", "dvc", stage],
                 concurrency_limit=1,
+                entrypoint_type=module,
             )
         )
     return items
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
     import os
 
     from zflora.errors import ZFLoRAError
 
-    from .server import ensure_api
+    from .pipeline import ALLOW_ENV, ALLOW_PATTERN, UI_ALLOWED
+    from .server import auth_path, client_env, ensure_api
     from .stage import fail, quiet_user_errors
 
+    p = argparse.ArgumentParser(description="serve the pipeline's deployments to a Prefect server")
+    p.add_argument(
+        "--allow-param",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"a params key (or section.*) that runs may also override; always allowed: {', '.join(UI_ALLOWED)}",
+    )
+    args = p.parse_args(argv)
+    bad = [k for k in args.allow_param if not ALLOW_PATTERN.fullmatch(k)]
+    if bad:
+        return fail(f"--allow-param {bad[0]!r} is not a params key; write e.g. model.name or model.*")
+    os.environ[ALLOW_ENV] = ",".join(args.allow_param)  # read by the flow runs this process starts
     try:
         api_url = ensure_api()
     except ZFLoRAError as e:
@@ -59,12 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     os.environ["PREFECT_API_URL"] = api_url  # before Prefect reads its settings
     from prefect import serve
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     quiet_user_errors()
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    updates = {PREFECT_API_URL: api_url}
+    if os.environ.get("PREFECT_API_AUTH_STRING"):
+        updates[PREFECT_API_AUTH_STRING] = os.environ["PREFECT_API_AUTH_STRING"]
+    login = f" (UI login: the auth string in {auth_path()})" if client_env(api_url) else ""
+    extra = f"; runs may also set {', '.join(args.allow_param)}" if args.allow_param else ""
+    with temporary_settings(updates=updates):
         print(
-            f"serving {len(STAGES) + 1} deployments to {api_url.removesuffix('/api')}; run 'zflora-pipeline/pipeline' from its UI"
+            f"serving {len(STAGES) + 1} deployments to {api_url.removesuffix('/api')}{login}; "
+            f"run 'zflora-pipeline/pipeline' from its UI{extra}"
         )
         serve(*deployments())
     return 0

@@ -100,10 +100,13 @@ def run_with_api(flow: Any, api_url: str | None, **parameters: Any) -> Any:
         return flow(**parameters, return_state=True)
     import os
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     os.environ["PREFECT_API_URL"] = api_url  # Prefect's background workers read the environment
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url}
+    if os.environ.get("PREFECT_API_AUTH_STRING"):  # set by ensure_api for this workspace's server
+        updates[PREFECT_API_AUTH_STRING] = os.environ["PREFECT_API_AUTH_STRING"]
+    with temporary_settings(updates=updates):
         return flow(**parameters, return_state=True)
 
 

@@ -10,13 +10,24 @@ stderr, passed as file descriptors) to the worker, which forks a child that runs
 stage exactly as the process itself would have, then reports the exit status back.
 
 What keeps this safe:
+- Only this user's processes take part. The socket and the spawn lock live in
+  `<tmp>/zflora-<uid>/`, a directory created with mode 0700 whose owner and mode are
+  checked before every use (as tmux and ssh-agent do); a directory that is not private
+  to this user turns the worker off with a one-line warning. Both ends check the peer's
+  uid with SO_PEERCRED before sending anything, and the lock file is opened with
+  O_NOFOLLOW and checked to be this user's regular file.
 - The worker serves only the source it imported: every request carries a stamp of the
   project's Python files (flows/, tasks/, zflora/: paths, sizes, mtimes), the interpreter,
   the installed packages and the environment variables read at import time; on any
   difference the worker declines (the stage runs in its own process as usual) and exits.
 - The child's lifetime follows the stage process: if the stage process is killed
   (SIGKILL included) the worker kills the child's whole process group at once; SIGINT,
-  SIGTERM and SIGHUP are forwarded. So `dvc repro` interrupted behaves as before.
+  SIGTERM and SIGHUP are forwarded to that process group. So `dvc repro` interrupted
+  behaves as before.
+- The child's lifetime also follows the worker: the child asks the kernel for SIGKILL
+  when the worker dies (PR_SET_PDEATHSIG), and the stage process, told the child's
+  process group when the worker accepted, kills that group when the worker's connection
+  drops without an exit status. No orphaned stage keeps writing into the workspace.
 - The worker never runs model code itself and checks it has no threads before forking.
 - It exits after ZFLORA_WARM_IDLE_S seconds without work (default 120), on a changed
   stamp, or on `python -m flows.warm stop`. ZFLORA_WARM=0 turns the whole thing off;
@@ -29,6 +40,7 @@ import hashlib
 import json
 import os
 import socket
+import stat as stat_
 import struct
 import sys
 import tempfile
@@ -57,7 +69,10 @@ _HEADER = struct.Struct("!I")
 
 def enabled() -> bool:
     return os.environ.get("ZFLORA_WARM", "1").strip().lower() not in ("0", "false", "no", "off") and (
-        "RANK" not in os.environ and hasattr(socket, "AF_UNIX") and hasattr(socket, "send_fds")
+        "RANK" not in os.environ
+        and hasattr(socket, "AF_UNIX")
+        and hasattr(socket, "send_fds")
+        and hasattr(socket, "SO_PEERCRED")
     )
 
 
@@ -65,9 +80,76 @@ def root() -> Path:
     return Path(os.environ.get("ZFLORA_PROJECT_ROOT") or os.getcwd()).resolve()
 
 
+class UnsafeDir(OSError):
+    """The socket directory is not private to this user: the worker stays off."""
+
+
+def private_dir() -> str:
+    """`<tmp>/zflora-<uid>`: the directory of this user's sockets and lock files (not created here)."""
+    return os.path.join(tempfile.gettempdir(), f"zflora-{os.getuid()}")
+
+
+def checked_dir() -> str:
+    """private_dir(), created 0700 if absent; UnsafeDir unless it is this user's own, private directory."""
+    path = private_dir()
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat_.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise UnsafeDir(
+            f"{path} is not a directory private to this user (owner uid {st.st_uid}, mode {stat_.filemode(st.st_mode)}); "
+            "the warm worker stays off: remove it, or set ZFLORA_WARM=0"
+        )
+    return path
+
+
 def socket_path(workspace: Path | None = None) -> str:
     key = hashlib.sha256(str(workspace or root()).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"zflora-warm-{os.getuid()}-{key}.sock")
+    return os.path.join(private_dir(), f"warm-{key}.sock")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _same_user(sock: socket.socket) -> bool:
+    try:
+        return peer_uid(sock) == os.getuid()
+    except OSError:
+        return False
+
+
+def open_lock(path: str) -> int:
+    """Open (create) a lock file: never through a symlink, and only a regular file of this user's."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat_.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise PermissionError(f"{path} is not a lock file of this user's")
+    return fd
+
+
+def _warn(message: str) -> None:
+    print(f"zflora: warning: {message}", file=sys.stderr)
+
+
+def _connect(path: str, timeout: float = 5) -> socket.socket:
+    """Connect to this user's worker; OSError if the directory or the listener is not this user's."""
+    checked_dir()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        if not _same_user(sock):
+            raise PermissionError(f"{path} is served by another user's process")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def stamp(workspace: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -81,12 +163,24 @@ def stamp(workspace: Path | None = None, env: dict[str, str] | None = None) -> s
     h = hashlib.sha256()
     h.update(f"{sys.executable}\0{sys.version}\0{workspace}\0".encode())
     for package in PACKAGES:
-        for path in sorted((workspace / package).rglob("*.py")):
-            st = path.stat()
-            h.update(f"{path.relative_to(workspace)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        for folder, subfolders, files in os.walk(workspace / package):  # errors (a folder gone): skipped
+            subfolders.sort()
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:  # removed while scanning (an editor's temporary file, a git checkout)
+                    h.update(f"{os.path.relpath(path, workspace)}\0gone\0".encode())
+                    continue
+                h.update(f"{os.path.relpath(path, workspace)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     for entry in sys.path:  # installing or removing a package changes its folder's mtime
-        if entry and os.path.isdir(entry) and "site-packages" in entry:
-            h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\0".encode())
+        if entry and "site-packages" in entry:
+            try:
+                h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\0".encode())
+            except OSError:
+                continue
     for key in sorted(env):
         if key.startswith(IMPORT_TIME_ENV) and key not in RUN_ENV:
             h.update(f"{key}={env[key]}\0".encode())
@@ -129,10 +223,18 @@ def forward(module: str) -> None:
     if not enabled():
         return
     path = socket_path()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(5)
-        sock.connect(path)
+        sock = _connect(path)
+    except UnsafeDir as e:
+        _warn(str(e))
+        return
+    except PermissionError as e:  # never hand this process's environment to another user
+        _warn(f"{e}; the warm worker stays off")
+        return
+    except OSError:
+        spawn()
+        return
+    try:
         request = {
             "stamp": stamp(),
             "module": module,
@@ -151,10 +253,10 @@ def forward(module: str) -> None:
         spawn()
         return
     sock.settimeout(None)
-    _wait_for_child(sock)
+    _wait_for_child(sock, int(reply.get("pgid", 0)))
 
 
-def _wait_for_child(sock: socket.socket) -> None:
+def _wait_for_child(sock: socket.socket, pgid: int) -> None:
     import signal
 
     def relay(signum, _frame):
@@ -171,6 +273,11 @@ def _wait_for_child(sock: socket.socket) -> None:
         except InterruptedError:
             continue
         except (OSError, ConnectionError, ValueError):
+            if pgid > 0:  # the worker died: its child got SIGKILL (PR_SET_PDEATHSIG); take the group too
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except OSError:
+                    pass
             print("zflora: error: the warm worker stopped during this stage; rerun it", file=sys.stderr)
             os._exit(1)
         if "exit" in reply:
@@ -186,9 +293,15 @@ def spawn() -> None:
 
     lock_path = socket_path() + ".lock"
     try:
-        lock = open(lock_path, "w")  # noqa: SIM115 - held by the worker's lifetime below
+        checked_dir()
+        lock = os.fdopen(open_lock(lock_path), "w")  # held by the worker's lifetime below
+    except OSError as e:  # not a private directory, or a lock file that is not ours: no worker
+        _warn(f"{e}; the warm worker stays off")
+        return
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        lock.close()
         return  # another stage is starting one
     try:
         subprocess.Popen(
@@ -215,26 +328,29 @@ def serve() -> int:
     import threading
     import time
 
+    global _prctl
     lock_fd = int(os.environ.pop("ZFLORA_WARM_LOCK_FD", "-1"))
     start_env = dict(os.environ)
     my_stamp = stamp(env=start_env)  # before importing: code edited meanwhile makes this worker stale
     path = socket_path()
+    try:
+        checked_dir()
+    except OSError:
+        return 1
     for name in PRELOAD:
         importlib.import_module(name)
+    _prctl = _load_prctl()
     # variables the imports set for themselves: a stage process would have them too
     added_env = {k: v for k, v in os.environ.items() if k not in start_env}
     if threading.active_count() != 1:  # forking a process that has threads is not safe
         return 1
     idle_s = float(os.environ.get("ZFLORA_WARM_IDLE_S", "120"))
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
+        _connect(path, timeout=2).close()
         return 0  # another worker serves this workspace already
     except OSError:
         if os.path.lexists(path):
-            os.unlink(path)  # left by a worker that was killed
-    finally:
-        probe.close()
+            os.unlink(path)  # left by a worker that was killed (the directory is ours alone)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket is for this user only
     try:
@@ -276,8 +392,8 @@ def serve() -> int:
                 pid = next(p for p, c in children.items() if c is sock)
                 try:
                     message = _recv(sock)
-                    if "signal" in message:
-                        os.kill(pid, int(message["signal"]))
+                    if "signal" in message:  # Ctrl-C & co: to the stage's whole process group
+                        _signal_group(pid, int(message["signal"]))
                         continue
                 except (OSError, ConnectionError, ValueError):
                     pass
@@ -314,26 +430,54 @@ def serve() -> int:
 
 
 def _remove_spawn_lock(lock_path: str) -> None:
-    """Leave no lock file behind in the temp folder, unless a stage is starting a worker now."""
+    """Leave no lock file behind, unless a stage is starting a worker now."""
     import fcntl
 
     try:
-        with open(lock_path, "a") as lock:
+        with os.fdopen(open_lock(lock_path), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.unlink(lock_path)
     except OSError:
         pass
 
 
-def _kill_group(pid: int) -> None:
-    import signal
-
+def _signal_group(pid: int, signum: int) -> None:
+    """Signal the child's process group (the child is its leader), or the child alone if that fails."""
     for kill in (os.killpg, os.kill):
         try:
-            kill(pid, signal.SIGKILL)
+            kill(pid, signum)
             return
         except (ProcessLookupError, PermissionError):
             continue
+
+
+def _kill_group(pid: int) -> None:
+    import signal
+
+    _signal_group(pid, signal.SIGKILL)
+
+
+_prctl = None  # libc's prctl, looked up before forking (PR_SET_PDEATHSIG for the children)
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl():
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with(parent: int) -> None:
+    """In a forked child: SIGKILL when the worker dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    import signal
+
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the worker died before the request took effect
+        os._exit(1)
 
 
 def _accept(
@@ -345,6 +489,9 @@ def _accept(
     added_env: dict[str, str],
 ) -> int | str:
     """Read one request and fork its child: the child's pid, or why not ('stale', 'stop', 'bad', 'status')."""
+    if not _same_user(conn):  # only this user's stage processes; nothing is read from others
+        conn.close()
+        return "bad"
     fds: list[int] = []
     try:
         conn.settimeout(5)
@@ -388,14 +535,16 @@ def _accept(
         conn.close()
         return verdict
     conn.settimeout(None)
+    worker = os.getpid()
     pid = os.fork()
     if pid == 0:
+        _die_with(worker)
         _run_child(request, fds, [listener, conn, *children.values()], added_env)
     for fd in fds:
         os.close(fd)
     stats["served"] += 1
     try:
-        _send(conn, {"status": "accepted"})
+        _send(conn, {"status": "accepted", "pgid": pid})  # the child leads its own process group
     except OSError:
         _kill_group(pid)
     return pid
@@ -454,10 +603,11 @@ def _run_child(
 
 
 def _ask(message: dict, workspace: Path | None = None) -> dict | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(5)
-        sock.connect(socket_path(workspace))
+        sock = _connect(socket_path(workspace))
+    except OSError:
+        return None
+    try:
         _send(sock, message)
         return _recv(sock)
     except (OSError, ConnectionError, ValueError):

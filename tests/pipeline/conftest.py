@@ -104,7 +104,9 @@ def pipeline_run(tmp_path_factory):
         .stdout.strip()
         .splitlines()[-1]
     )
-    env = {**project.env, "PREFECT_API_URL": f"{url}/api"}
+    # the server wants this workspace's auth string (flows/server.py); a UI user types it in once
+    auth = (project.root / ".prefect" / "server.auth").read_text().strip()
+    env = {**project.env, "PREFECT_API_URL": f"{url}/api", "PREFECT_API_AUTH_STRING": auth}
     project.env = env
     log = open(project.root / "serve.log", "w")
     serve = subprocess.Popen(
