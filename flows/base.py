@@ -3,8 +3,10 @@
     python -m flows.base [--params params.yaml]
 
 Embedded default: trains the tiny Llama and its tokenizer on a generated corpus. With
-`model.name` set to an HF id or a local directory: loads it once (proving it is
-available and supported) and records its name and fingerprint.
+`model.name` a .gguf file or a GGUF preset (`smollm2-135m-instruct`): dequantizes it once
+into artifacts/base/ (safetensors, tokenizer, chat template) and records the file's
+sha256; later stages load that checkpoint. With an HF id or a local directory: loads it
+once (proving it is available and supported) and records its name and fingerprint.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def base_flow(params_path: str = "params.yaml") -> dict:
         manifest = resolve_base(model, str(BASE))
     write_json(
         METRICS / "base.json",
-        {k: v for k, v in manifest.items() if k not in ("fingerprint", "loss_curve", "path")},
+        {k: v for k, v in manifest.items() if k not in ("fingerprint", "loss_curve", "path", "gguf_file")},
     )
     print(
         f"base model {manifest['name']}: {manifest['architecture']}, {manifest['parameters']:,} parameters -> {BASE}"

@@ -1,4 +1,5 @@
-"""The `base` stage's task: train the embedded tiny base, or check and record a real one."""
+"""The `base` stage's task: train the embedded tiny base, dequantize a GGUF base once, or check
+and record a hub / local one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from prefect import task
 
 from zflora.method.fingerprint import base_fingerprint
+from zflora.method.gguf import dequantize_to_directory, is_gguf_ref
 from zflora.method.loading import load_causal_lm
 
 from .io import read_json, write_json
@@ -18,7 +20,7 @@ MANIFEST = "base.json"
 
 
 def base_model_ref(base_dir: str | Path) -> str:
-    """What to load for the base: the directory itself (embedded) or the recorded hub id / path."""
+    """What to load for the base: the directory itself (embedded, GGUF) or the recorded hub id / path."""
     base_dir = Path(base_dir)
     if (base_dir / "config.json").is_file():
         return str(base_dir)
@@ -27,8 +29,11 @@ def base_model_ref(base_dir: str | Path) -> str:
 
 @task(name="resolve-base-model")
 def resolve_base(model_params: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Embedded: pretrain the tiny base into out_dir. Otherwise: load the named model once
-    (proving it is reachable and supported) and record its name and fingerprint."""
+    """Embedded: pretrain the tiny base into out_dir. GGUF (a .gguf path or a preset such as
+    smollm2-135m-instruct): dequantize it once into out_dir as a safetensors checkpoint with its
+    tokenizer, recording the file's sha256; later stages load that, never the GGUF. Otherwise:
+    load the named model once (proving it is reachable and supported) and record its name and
+    fingerprint."""
     import mlflow
 
     from zflora.method.architectures import layout_for
@@ -41,6 +46,16 @@ def resolve_base(model_params: dict[str, Any], out_dir: str) -> dict[str, Any]:
         metrics = pretrain_tiny_base(out, TinyBaseSettings(**model_params["tiny"]), progress=True)
         model, _ = load_causal_lm(out, with_tokenizer=False)
         manifest = {"name": "embedded", "path": str(out), **metrics}
+    elif is_gguf_ref(model_params["name"]):
+        info = dequantize_to_directory(model_params["name"], out, dtype=model_params["dtype"])
+        model, _ = load_causal_lm(out, with_tokenizer=False)
+        manifest = {
+            "name": model_params["name"],
+            "path": str(out),
+            "gguf_file": info["gguf_file"],
+            "gguf_sha256": info["gguf_sha256"],
+            "chat_template": info["chat_template"],
+        }
     else:
         model, tokenizer = load_causal_lm(
             model_params["name"],

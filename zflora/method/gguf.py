@@ -313,9 +313,8 @@ def _permute_qk(weight: torch.Tensor, heads: int) -> torch.Tensor:
     )
 
 
-def _check_exportable(model: nn.Module, where: str) -> str:
+def _check_exportable(config: Any, where: str) -> str:
     """The llama.cpp architecture to write, or ZFLoRAError saying what GGUF cannot express."""
-    config = model.config
     model_type = getattr(config, "model_type", None)
     if model_type not in EXPORT_ARCHITECTURES:
         raise ZFLoRAError(
@@ -397,13 +396,20 @@ def _write_converted_tokenizer(writer: Any, model_dir: Path, vocab_size: int) ->
     where = str(model_dir)
     tokenizer_json_path = model_dir / "tokenizer.json"
     tokenizer_json = json.loads(tokenizer_json_path.read_text()) if tokenizer_json_path.is_file() else {}
+    helpers = [gguf.BpeVocab, gguf.LlamaHfVocab]  # byte-level BPE; SentencePiece-style BPE in tokenizer.json
+    if (model_dir / "tokenizer.model").is_file():
+        helpers.insert(0, gguf.SentencePieceVocab)
     vocab = None
-    for helper in (gguf.BpeVocab, gguf.SentencePieceVocab, gguf.LlamaHfVocab):
+    for helper in helpers:
         try:
             vocab = helper(model_dir)
             break
-        except (FileNotFoundError, ImportError, ValueError, KeyError, TypeError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             continue
+        except (ImportError, RuntimeError) as e:  # SentencePieceVocab without the sentencepiece package
+            raise ZFLoRAError(
+                f"{where}: converting its tokenizer needs {_first_line(e)}; install it"
+            ) from None
     if vocab is None:
         raise ZFLoRAError(
             f"{where}: its tokenizer is neither a byte-level BPE nor a SentencePiece model, "
@@ -478,8 +484,10 @@ def export_gguf(
     model_dir = check_model_dir(model_dir)
     where = str(model_dir)
     sidecar = read_sidecar(model_dir)
+    from transformers import AutoConfig
+
+    arch = _check_exportable(AutoConfig.from_pretrained(model_dir), where)  # before loading any weight
     model, _ = load_causal_lm(model_dir, dtype="float32", with_tokenizer=False)
-    arch = _check_exportable(model, where)
     config = model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -523,8 +531,8 @@ def export_gguf(
         writer = gguf.GGUFWriter(tmp, arch)
         name = getattr(config, "_name_or_path", "") or model_dir.name
         label = Path(str(name)).name or model_dir.name
-        if config.model_type == "mistral" and "mistral" not in label.lower():
-            label = f"mistral {label}"  # transformers' GGUF loader reads a llama file as Mistral by this name
+        # A Mistral model (no sliding window) is written as llama, as llama.cpp does; transformers reads it
+        # back as a LlamaForCausalLM, which needs hidden_size % heads == 0 (llama.cpp does not).
         writer.add_name(label)
         writer.add_file_type(
             gguf.LlamaFileType.MOSTLY_F16 if tensor_type == "f16" else gguf.LlamaFileType.ALL_F32

