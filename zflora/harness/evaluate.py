@@ -7,7 +7,8 @@ Each method is evaluated in every form it is served in: LoRA unmerged and merged
 unfused (training form) and fused. The first form's metrics are the method's headline;
 `prediction_agreement` says how often the forms produced the same completion (1.0 for a
 lossless fusion). Per-example predictions go to `predictions-<form>.jsonl` next to
-`metrics.json`, written atomically.
+`metrics.json`, written atomically. Prompts go through the tokenizer's chat template when
+it has one (`zflora.harness.generation.render_prompt`), exactly as in training.
 """
 
 from __future__ import annotations
