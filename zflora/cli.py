@@ -73,7 +73,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         multitask = MultiTaskModel.from_directory(
             ref, dtype=args.dtype, trust_remote_code=args.trust_remote_code
         )
-        completions = multitask.generate(prompts, args.task, max_new_tokens=args.max_new_tokens)
+        completions = multitask.generate(
+            prompts, args.task, max_new_tokens=args.max_new_tokens, chat=not args.raw
+        )
     else:
         if args.task is not None:
             raise ZFLoRAError(

@@ -53,28 +53,57 @@ def registered_files(store: Path) -> list[Path]:
     return [p for p in (store / "mlartifacts").rglob("*") if p.is_file()]
 
 
-def test_registry_holds_code_and_safetensors_and_routes_rows_by_task(store, monkeypatch):
+NAME = "zflora-unit"
+
+
+@pytest.fixture(scope="module")
+def registered(store):
+    """fuse@alpha, fuse@beta, then alpha retrained: each run registers its task and a multi-task version."""
+    from tasks.fusion import register, register_multitask
+    from tasks.tracking import stage_run
+
+    versions = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZFLORA_PROJECT_ROOT", str(store))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(store)
+        for task, trained in (("alpha", "alpha"), ("beta", "beta"), ("alpha", "alpha2")):
+            with stage_run("fuse", "unit", {}, tags={"task": task}):
+                fused_dir, train_dir = str(store / "fused" / trained), str(store / "train" / trained)
+                register.fn(fused_dir, f"{NAME}-{task}", "latest", {"task": task})
+                versions[trained] = register_multitask.fn(
+                    task, train_dir, fused_dir, NAME, "latest", {"task": task}
+                )
+    return versions
+
+
+@pytest.fixture
+def in_store(store, monkeypatch):
+    monkeypatch.setenv("ZFLORA_PROJECT_ROOT", str(store))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(store)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    return store
+
+
+def references(store: Path) -> dict[str | None, dict[str, str]]:
+    return {
+        "alpha": dict(zip(PROMPTS, expected(store, "alpha2", PROMPTS))),  # alpha was retrained
+        "beta": dict(zip(PROMPTS, expected(store, "beta", PROMPTS))),
+        None: dict(zip(PROMPTS, base_expected(store, PROMPTS))),
+    }
+
+
+def test_registry_holds_code_and_safetensors_and_routes_rows_by_task(registered, in_store):
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from tasks.fusion import register, register_multitask
     from tasks.registry import resolve_models_uri
-    from tasks.tracking import stage_run
 
-    monkeypatch.setenv("ZFLORA_PROJECT_ROOT", str(store))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(store)
-    name = "zflora-unit"
-    versions = {}
-    # fuse@alpha, fuse@beta, then alpha retrained: each run adds or replaces its task's adapter
-    for task, trained in (("alpha", "alpha"), ("beta", "beta"), ("alpha", "alpha2")):
-        with stage_run("fuse", "unit", {}, tags={"task": task}):
-            fused_dir, train_dir = str(store / "fused" / trained), str(store / "train" / trained)
-            register.fn(fused_dir, f"{name}-{task}", "latest", {"task": task})
-            versions[trained] = register_multitask.fn(
-                task, train_dir, fused_dir, name, "latest", {"task": task}
-            )
+    store, name, versions = in_store, NAME, registered
     assert [versions[t]["tasks"] for t in ("alpha", "beta", "alpha2")] == [
         ["alpha"],
         ["alpha", "beta"],
@@ -104,11 +133,7 @@ def test_registry_holds_code_and_safetensors_and_routes_rows_by_task(store, monk
     model = mlflow.pyfunc.load_model(f"models:/{name}@latest")
     records = [{"prompt": p, "task": t} if t else {"prompt": p} for p, t in rows]
     out = model.predict(pd.DataFrame(records), params={"max_new_tokens": NEW})
-    reference = {
-        "alpha": dict(zip(PROMPTS, expected(store, "alpha2", PROMPTS))),
-        "beta": dict(zip(PROMPTS, expected(store, "beta", PROMPTS))),
-        None: dict(zip(PROMPTS, base_expected(store, PROMPTS))),
-    }
+    reference = references(store)
     assert out == [reference[t][p] for p, t in rows]
     with pytest.raises(MlflowException, match="unknown task 'gamma'; known tasks: alpha, beta"):
         model.predict(pd.DataFrame([{"prompt": "hello", "task": "gamma"}]))
@@ -150,3 +175,41 @@ def test_generate_cli_task_option(store, monkeypatch, capsys):
     single = ["generate", "--model", str(store / "fused" / "beta"), "--prompt", "x", "--task", "beta"]
     assert main(single) == 2
     assert "--task needs a multi-task model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_shuffled_mixed_request(registered, in_store):
+    """One HTTP request, rows of every task and of the base in random order, through a real server."""
+    import os
+    import random
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .mlflow_serve import invoke, mlflow_serve
+
+    store = in_store
+    reference = references(store)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+    }
+    rows = [(p, t) for p in PROMPTS for t in ("alpha", "beta", None)]
+    random.Random(0).shuffle(rows)
+    # base rows: some with "task": null, some without a task key
+    records = [
+        {"prompt": p} if t is None and i % 2 else {"prompt": p, "task": t} for i, (p, t) in enumerate(rows)
+    ]
+    assert any("task" not in r for r in records) and any(r.get("task", "") is None for r in records)
+    with mlflow_serve(f"models:/{NAME}@latest", env, store) as url:
+        status, body = invoke(url, records, NEW)
+        assert status == 200, body
+        assert body["predictions"] == [reference[t][p] for p, t in rows]
+        status, body = invoke(url, [{"prompt": "hello", "task": "gamma"}], NEW)
+        assert status == 400 and "unknown task 'gamma'; known tasks: alpha, beta" in json.dumps(body), body
+        # concurrent requests, each of one task: none sees another's adapter
+        jobs = [[{"prompt": p, "task": t} for p in PROMPTS] for t in ("alpha", "beta", "alpha", "beta")]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda job: invoke(url, job, NEW), jobs))
+        for job, (status, body) in zip(jobs, answers):
+            assert status == 200 and body["predictions"] == [reference[r["task"]][r["prompt"]] for r in job]

@@ -136,8 +136,13 @@ class MultiTaskModel:
         tasks: Sequence[str | None] | str | None = None,
         max_new_tokens: int = 64,
         batch_size: int = 16,
+        chat: bool = True,
     ) -> list[str]:
-        """Greedy completions in input order; row i runs with adapter `tasks[i]` (None: the base)."""
+        """Greedy completions in input order; row i runs with adapter `tasks[i]` (None: the base).
+
+        `chat` as in `generate_text`: a tokenizer's chat template formats each prompt
+        (False: the raw text).
+        """
         from zflora.harness.generation import generate_text
 
         if self.tokenizer is None:
@@ -168,6 +173,7 @@ class MultiTaskModel:
                     [prompts[i] for i in rows],
                     max_new_tokens=max_new_tokens,
                     batch_size=batch_size,
+                    chat=chat,
                     labels=[f"row {i} (task {task or 'base'})" for i in rows],
                 )
                 for i, text in zip(rows, texts):
