@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -470,3 +471,27 @@ def test_a_ui_run_cannot_choose_the_model_run_its_code_or_inject_options(served)
     # only the allowed run reached DVC (the refused ones started no dvc process)
     assert results[-1]["state"] == "COMPLETED", results[-1]
     assert log.read_text().splitlines() == ["exp run --set-param adapter.r=8 train"]
+
+
+def test_signals_reach_the_stages_whole_process_group():
+    """Ctrl-C & co, relayed by the worker (`_signal_group`), reach the stage's subprocesses too."""
+    from flows import warm
+
+    stage = subprocess.Popen(  # a stage leader with a subprocess of its own, in its own group
+        ["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    grandchild = int(stage.stdout.readline())
+    warm._signal_group(stage.pid, signal.SIGTERM)
+    stage.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while running(grandchild):
+        assert time.monotonic() < deadline, "the stage's subprocess did not get the signal"
+        time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie nobody reaps is dead
