@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import randomize_adapter, tiny_model
 
 import zflora
 from zflora import ZFLoRAConfig, ZFLoRAError
@@ -172,3 +172,26 @@ def test_swap_accepts_a_narrower_adapter(tmp_path):
     ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
     expected = zm(input_ids=ids).logits
     assert ((fused(input_ids=ids).logits - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_swap_with_one_wrong_shaped_tensor_in_the_last_layer_changes_nothing(tmp_path):
+    """Every key and shape is checked before the first write: no half-swapped model."""
+    from safetensors.torch import load_file, save_file
+
+    zm = zflora.get_zflora_model(tiny_model(tied=False), ZFLoRAConfig(r=4), adapter_name="a")
+    randomize_adapter(zm, seed=1)
+    fused = zm.fuse("a")
+    before = {k: v.clone() for k, v in fused.state_dict().items()}
+    zm.add_adapter("b", ZFLoRAConfig(r=4))
+    zm.set_adapter("b")
+    randomize_adapter(zm, seed=2)
+    zm.save_adapter(tmp_path / "b", adapter_name="b")
+    weights_file = tmp_path / "b" / "adapter_model.safetensors"
+    tensors = load_file(str(weights_file))
+    last = max(k for k in tensors if k.endswith("mlp.down_proj.A"))
+    tensors[last] = tensors[last][:, :-1].contiguous()  # one column short, in the last layer
+    save_file(tensors, str(weights_file))
+    with pytest.raises(ZFLoRAError, match=r"down_proj.A has shape \(4, \d+\), expected"):
+        zflora.swap_adapter(fused, tmp_path / "b")
+    assert all(torch.equal(before[k], v) for k, v in fused.state_dict().items())
+    assert fused.config.zflora["adapter"] == "a"

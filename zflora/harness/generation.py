@@ -61,13 +61,9 @@ def load_for_generation(
         if isinstance(getattr(model.config, META_KEY, None), dict):
             swap_adapter(model, adapter)
         else:
-            from zflora.method.adapter_file import read_adapter
-            from zflora.method.model import get_zflora_model
+            from zflora.method.model import ZFLoRAModel
 
-            weights = read_adapter(adapter)
-            zm = get_zflora_model(model, weights.config, adapter_name=weights.name)
-            zm.load_adapter(weights)
-            model = zm
+            model = ZFLoRAModel.from_pretrained(model, adapter)
     model.eval()
     return model, tokenizer
 

@@ -21,8 +21,6 @@ from zflora.settings import Settings
 if TYPE_CHECKING:
     from torch import nn
 
-    from zflora.method.model import ZFLoRAModel
-
 METHODS = ("base", "lora", "zflora", "zflora-mha", "fft")
 TRAINED_METHODS = ("lora", "zflora", "zflora-mha", "fft")
 # zflora-mha adapts the attention blocks only (the paper's zFLoRA-MHA variant)
@@ -144,14 +142,9 @@ def load_trained(
         peft_model = PeftModel.from_pretrained(base, str(artifact_dir))
         return peft_model.merge_and_unload() if merged else peft_model
     if method in ZFLORA_BLOCKS:
-        from zflora.method.adapter_file import read_adapter
-        from zflora.method.model import get_zflora_model
+        from zflora.method.model import ZFLoRAModel
 
-        weights = read_adapter(artifact_dir)
-        zm: ZFLoRAModel = get_zflora_model(base, weights.config, adapter_name=weights.name)
-        zm.load_adapter(weights)
-        zm.set_adapter(weights.name)
-        return zm
+        return ZFLoRAModel.from_pretrained(base, artifact_dir)
     from zflora.method.loading import load_causal_lm
 
     return load_causal_lm(artifact_dir)[0]

@@ -59,6 +59,37 @@ class AdapterWeights:
         return sum(t.numel() for t in self.tensors.values())
 
 
+def check_adapter(weights: AdapterWeights, shapes: dict[str, tuple[int, int]]) -> None:
+    """Refuse an adapter whose tensors are not exactly `shapes` (keys and shapes) or not finite.
+
+    `shapes` comes from architectures.adapter_shapes for the model it is about to touch;
+    loading and swapping call this before the first write, so a bad file changes nothing.
+    The result is remembered per layout, so switching back to an adapter checks nothing twice.
+    """
+    signature = ("checked", tuple(shapes.items()))
+    if weights.cache.get("checked") == signature:
+        return
+    missing = sorted(set(shapes) - set(weights.tensors))
+    unexpected = sorted(set(weights.tensors) - set(shapes))
+    if missing or unexpected:
+        raise ZFLoRAError(
+            f"adapter {weights.source!r} does not match its config (blocks={list(weights.config.blocks)}) "
+            f"on this base: missing {missing[:2]}, unexpected {unexpected[:2]}; re-save the adapter"
+        )
+    for key, shape in shapes.items():
+        tensor = weights.tensors[key]
+        if tuple(tensor.shape) != shape:
+            raise ZFLoRAError(
+                f"adapter {weights.source!r}: {key} has shape {tuple(tensor.shape)}, expected {shape} for "
+                f"r={weights.config.r} on this base; the file and its config disagree, re-save it"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ZFLoRAError(
+                f"adapter {weights.source!r} has non-finite values in {key}; re-train or re-save it"
+            )
+    weights.cache["checked"] = signature
+
+
 def write_adapter(path: str | Path, weights: AdapterWeights) -> Path:
     """Write an adapter directory atomically (temporary directory, then rename)."""
     meta = {

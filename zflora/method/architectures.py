@@ -88,13 +88,25 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def adapter_keys(layout: Layout, num_layers: int, blocks: tuple[str, ...], tied: bool) -> list[str]:
-    """Tensor keys of an adapter file: '<base module path>.<P|Q|B|A>'."""
-    keys = [f"{layout.embed}.P"]
+def adapter_shapes(
+    model: nn.Module, blocks: tuple[str, ...], r: int, d: int, tied: bool
+) -> dict[str, tuple[int, int]]:
+    """The one description of an adapter: its tensor keys ('<base module path>.<P|Q|B|A>') and shapes.
+
+    `model` is the base, its ZFLoRAModel-wrapped form or a fused model: a reader's output
+    width and a writer's input width are the same in all three, so the shapes are too.
+    Wrapping, saving, loading, fusing, swapping and exporting all use this.
+    """
+    layout = layout_for(model)
+    shapes = {f"{layout.embed}.P": (d, r)}
     if not tied:
-        keys.append(f"{layout.lm_head}.Q")
-    for index in range(num_layers):
+        shapes[f"{layout.lm_head}.Q"] = (d, r)
+    for index in range(len(model.get_submodule(layout.layers))):
         prefix = f"{layout.layers}.{index}"
-        keys += [f"{prefix}.{path}.B" for block, path in layout.readers if block in blocks]
-        keys += [f"{prefix}.{path}.A" for block, path in layout.writers if block in blocks]
-    return keys
+        for block, path in layout.readers:
+            if block in blocks:
+                shapes[f"{prefix}.{path}.B"] = (model.get_submodule(f"{prefix}.{path}").weight.shape[0], r)
+        for block, path in layout.writers:
+            if block in blocks:
+                shapes[f"{prefix}.{path}.A"] = (r, model.get_submodule(f"{prefix}.{path}").weight.shape[1])
+    return shapes

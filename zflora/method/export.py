@@ -17,7 +17,7 @@ from zflora.method.atomic import atomic_dir
 from zflora.method.fusion import fuse_adapter
 from zflora.method.gguf import copy_sidecar, is_gguf_ref, load_gguf, write_sidecar
 from zflora.method.loading import load_causal_lm
-from zflora.method.model import get_zflora_model
+from zflora.method.model import ZFLoRAModel
 
 
 def fuse_to_directory(
@@ -35,8 +35,7 @@ def fuse_to_directory(
         model, tokenizer, gguf_info = load_gguf(base, dtype=dtype)
     else:
         model, tokenizer = load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
-    zm = get_zflora_model(model, weights.config, adapter_name=weights.name)
-    zm.load_adapter(weights)
+    zm = ZFLoRAModel.from_pretrained(model, weights)
     fused = fuse_adapter(zm, weights.name, multiple=pad_multiple)
     with atomic_dir(out_dir) as tmp:
         fused.save_pretrained(tmp)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from zflora.errors import ZFLoRAError
-from zflora.method.adapter_file import AdapterWeights, read_adapter
-from zflora.method.architectures import Layout, adapter_keys, layout_for
-from zflora.method.fingerprint import describe_mismatch
+from zflora.method.adapter_file import AdapterWeights, check_adapter, read_adapter
+from zflora.method.architectures import Layout, adapter_shapes, layout_for
+from zflora.method.fingerprint import describe_mismatch, same_base
 from zflora.method.layer import stream_norm_weight
 
 META_KEY = "zflora"
@@ -149,9 +149,49 @@ def _stream_end_slices(
             head = fused.get_submodule(layout.lm_head).weight
             Q = weights.tensors[q_key].to(head.device, torch.float32)
             slices["head"] = (head[:, :d].float() @ Q).to(head.dtype)
-        weights.cache.clear()  # keep one model's slices: the common case is one fused model per process
+        for name, value in slices.items():
+            if not torch.isfinite(value).all():
+                raise ZFLoRAError(
+                    f"adapter {weights.source!r}: its {name} product overflows ({value.dtype}); not fusing it"
+                )
+        # keep one model's products: the common case is one fused model per process
+        for stale in [k for k in weights.cache if k.startswith("stream-ends:")]:
+            del weights.cache[stale]
         weights.cache[key] = slices
     return weights.cache[key]
+
+
+def _slots(fused: nn.Module, layout: Layout, meta: dict[str, Any]) -> list[tuple[str, torch.Tensor, int]]:
+    """(adapter key, full-width adapter slice of the fused weight, channel dim) for every slot, cached.
+
+    Readers hold the adapter channels as their last input columns, writers as their last
+    output rows, the embedding (and an untied head) as their last columns. The views are
+    built once per fused model, so a swap only copies.
+    """
+    embed = fused.get_submodule(layout.embed).weight
+    stamp = (embed.data_ptr(), embed.dtype, embed.device)  # views go stale when the model moves
+    cached = getattr(fused, "_zflora_slots", None)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    d = meta["base_hidden_size"]
+    every = adapter_shapes(fused, ("attn", "mlp"), 1, d, meta["tied"])
+    slots = []
+    for key in every:
+        path, attr = key.rsplit(".", 1)
+        weight = fused.get_submodule(path).weight
+        if attr == "P":
+            slots.append(("embed", weight[:, d:], 1))
+        elif attr == "Q":
+            slots.append(("head", weight[:, d:], 1))
+        elif attr == "B":
+            slots.append((key, weight[:, d:], 1))
+        else:
+            slots.append((key, weight[d:, :], 0))
+    norms = [
+        fused.get_submodule(path).weight[d:] for path in _norm_paths(layout, fused.config.num_hidden_layers)
+    ]
+    fused._zflora_slots = (stamp, (slots, norms))
+    return slots, norms
 
 
 @torch.no_grad()
@@ -160,6 +200,9 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
 
     Only the adapter slices are overwritten (O(adapter size), no allocation of base
     weights). The adapter must have been trained on this model's base (fingerprint check).
+    Every key, shape and value is checked before the first write, so a bad adapter leaves
+    the model exactly as it was; the check runs once per adapter and model, and the slices
+    are written with one fused copy per swap.
     """
     meta = fused_meta(fused)
     layout = layout_for(fused)
@@ -169,66 +212,46 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
         raise ZFLoRAError(
             f"swap_adapter takes an adapter directory, AdapterWeights or None, got {type(adapter).__name__}"
         )
+    values: dict[str, torch.Tensor] = {}
+    r = 0
     if weights is not None:
-        if weights.base_fingerprint != meta["base_fingerprint"]:
+        if not same_base(weights.base_fingerprint, meta["base_fingerprint"]):
             raise ZFLoRAError(
                 f"adapter {weights.source!r} was trained on another base model than this fused model's "
                 f"({describe_mismatch(weights.base_fingerprint, meta['base_fingerprint'])}); use an adapter of that base"
             )
-        if weights.config.r > width:
+        r = weights.config.r
+        if r > width:
             raise ZFLoRAError(
-                f"adapter {weights.source!r} has r={weights.config.r} but this fused model has room for {width} "
+                f"adapter {weights.source!r} has r={r} but this fused model has room for {width} "
                 f"adapter channels; fuse the base again with this adapter (zflora fuse)"
             )
-    r = weights.config.r if weights is not None else 0
-    blocks = weights.config.blocks if weights is not None else ()
-    tensors = weights.tensors if weights is not None else {}
-    if weights is not None:
-        expected = set(adapter_keys(layout, fused.config.num_hidden_layers, blocks, meta["tied"]))
-        if set(tensors) != expected:
-            missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise ZFLoRAError(
-                f"adapter {weights.source!r} does not match its config (blocks={list(blocks)}): "
-                f"missing {missing[:2]}, unexpected {unexpected[:2]}; re-save the adapter"
-            )
+        # like PEFT's safe merge: keys, shapes and values are checked before the first write
+        check_adapter(weights, adapter_shapes(fused, weights.config.blocks, r, d, meta["tied"]))
+        values = dict(weights.tensors)
+        values.update(_stream_end_slices(fused, weights, layout, d))
 
-    # like PEFT's safe merge: check every value before the first write, so a broken adapter
-    # leaves the model exactly as it was
-    ends = _stream_end_slices(fused, weights, layout, d) if weights is not None else {}
-    for key, tensor in [*tensors.items(), *ends.items()]:
-        if not torch.isfinite(tensor).all():
-            raise ZFLoRAError(
-                f"adapter {weights.source!r} has non-finite values in {key}; not fusing it (re-train it)"
-            )
-
-    def put(target: torch.Tensor, value: torch.Tensor | None, dim: int) -> None:
-        """`target` holds the adapter channels along `dim`: write `value` into the first r, zero the rest."""
+    slots, norms = _slots(fused, layout, meta)
+    targets, sources, zeros = [], [], []
+    for key, full, dim in slots:
+        value = values.get(key)
         if value is None:
-            target.zero_()
-            return
+            zeros.append(full)
+            continue
         if r < width:
-            target.narrow(dim, r, width - r).zero_()
-        target = target.narrow(dim, 0, r)
-        if tuple(value.shape) != tuple(target.shape):
-            raise ZFLoRAError(
-                f"adapter {weights.source!r}: a matrix has shape {tuple(value.shape)}, expected "
-                f"{tuple(target.shape)} for r={r}; the file and its config disagree, re-save it"
-            )
-        target.copy_(value)
-
-    put(fused.get_submodule(layout.embed).weight[:, d:], ends.get("embed"), 1)
-    if not meta["tied"]:
-        put(fused.get_submodule(layout.lm_head).weight[:, d:], ends.get("head"), 1)
-    for index in range(fused.config.num_hidden_layers):
-        prefix = f"{layout.layers}.{index}"
-        for block, path in layout.readers:
-            value = tensors.get(f"{prefix}.{path}.B") if block in blocks else None
-            put(fused.get_submodule(f"{prefix}.{path}").weight[:, d:], value, 1)
-        for block, path in layout.writers:
-            value = tensors.get(f"{prefix}.{path}.A") if block in blocks else None
-            put(fused.get_submodule(f"{prefix}.{path}").weight[d:, :], value, 0)
-    if weights is not None:
-        for path in _norm_paths(layout, fused.config.num_hidden_layers):
-            fused.get_submodule(path).weight[d:].fill_(((d + r) / (d + width)) ** 0.5)
-    meta.update(adapter=weights.name if weights is not None else None, r=r, blocks=list(blocks))
+            zeros.append(full.narrow(dim, r, width - r))
+        targets.append(full.narrow(dim, 0, r))
+        sources.append(value if value.dtype == full.dtype and value.device == full.device else value.to(full))
+    if zeros:
+        torch._foreach_zero_(zeros)
+    if targets:
+        torch._foreach_copy_(targets, sources)
+    norm_value = ((d + r) / (d + width)) ** 0.5 if weights is not None else 1.0
+    for norm in norms:
+        norm.fill_(norm_value)
+    meta.update(
+        adapter=weights.name if weights is not None else None,
+        r=r,
+        blocks=list(weights.config.blocks) if weights is not None else [],
+    )
     return fused

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from zflora.errors import ZFLoRAError
-from zflora.method.adapter_file import AdapterWeights, read_adapter, write_adapter
-from zflora.method.architectures import Layout, layout_for, set_submodule
+from zflora.method.adapter_file import AdapterWeights, check_adapter, read_adapter, write_adapter
+from zflora.method.architectures import Layout, adapter_shapes, layout_for, set_submodule
 from zflora.method.config import ZFLoRAConfig
-from zflora.method.fingerprint import base_fingerprint, describe_mismatch
+from zflora.method.fingerprint import base_fingerprint, describe_mismatch, same_base
 from zflora.method.layer import AdapterState, Reader, StreamEntry, StreamExit, StreamNorm, Writer, ZFLoRALayer
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -98,15 +98,36 @@ class ZFLoRAModel(nn.Module):
 
     def _adapter_slots(self, config: ZFLoRAConfig) -> Iterator[tuple[str, nn.Module, str]]:
         """(tensor key, layer, attribute) for every matrix an adapter with `config` owns."""
-        for path, block, layer in self._wrapped:
-            if isinstance(layer, StreamEntry):
-                yield f"{path}.P", layer, "P"
-            elif isinstance(layer, StreamExit) and not layer.tied:
-                yield f"{path}.Q", layer, "Q"
-            elif isinstance(layer, Reader) and block in config.blocks:
-                yield f"{path}.B", layer, "B"
-            elif isinstance(layer, Writer) and block in config.blocks:
-                yield f"{path}.A", layer, "A"
+        for key in self._adapter_shapes(config):
+            path, attr = key.rsplit(".", 1)
+            yield key, self.model.get_submodule(path), attr
+
+    def _adapter_shapes(self, config: ZFLoRAConfig) -> dict[str, tuple[int, int]]:
+        return adapter_shapes(self.model, config.blocks, config.r, self.d, self.tied)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: nn.Module | str | Path,
+        adapter: str | Path | AdapterWeights,
+        adapter_name: str | None = None,
+        **load_kwargs: Any,
+    ) -> ZFLoRAModel:
+        """Wrap `base` and load a saved adapter into it, active: the one way to rebuild a trained model.
+
+        `base` is a transformers causal LM or anything `load_causal_lm` takes (a directory,
+        a hub id, a .gguf file or a preset; `load_kwargs` go there: dtype, device, ...).
+        The adapter is read and checked before a base is loaded from disk.
+        """
+        from zflora.method.loading import load_causal_lm
+
+        weights = adapter if isinstance(adapter, AdapterWeights) else read_adapter(adapter)
+        if not isinstance(base, nn.Module):
+            base, _ = load_causal_lm(base, with_tokenizer=False, **load_kwargs)
+        name = adapter_name or weights.name
+        zm = cls(base, weights.config, name)
+        zm.load_adapter(weights, name)
+        return zm
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -195,25 +216,8 @@ class ZFLoRAModel(nn.Module):
         weights = path if isinstance(path, AdapterWeights) else read_adapter(path)
         self.check_compatible(weights)
         name = adapter_name or weights.name
+        check_adapter(weights, self._adapter_shapes(weights.config))
         expected = {key: (layer, attr) for key, layer, attr in self._adapter_slots(weights.config)}
-        missing, unexpected = (
-            sorted(set(expected) - set(weights.tensors)),
-            sorted(set(weights.tensors) - set(expected)),
-        )
-        if missing or unexpected:
-            raise ZFLoRAError(
-                f"adapter {weights.source!r} does not match its config (blocks={list(weights.config.blocks)}): "
-                f"missing {missing[:2]}, unexpected {unexpected[:2]}; re-save the adapter"
-            )
-        r = weights.config.r
-        for key, (layer, attr) in expected.items():
-            shape = _expected_shape(layer, attr, r)
-            found = tuple(weights.tensors[key].shape)
-            if found != shape:
-                raise ZFLoRAError(
-                    f"adapter {weights.source!r}: {key} has shape {found}, expected {shape} for r={r} on this base; "
-                    "the file and its config disagree, re-save it"
-                )
         # validated: only now replace an adapter of the same name. With the same config the
         # values are copied into the existing parameters, so an optimiser holding them (a
         # Trainer resuming from a checkpoint) keeps working.
@@ -231,7 +235,7 @@ class ZFLoRAModel(nn.Module):
 
     def check_compatible(self, weights: AdapterWeights) -> None:
         """Refuse an adapter trained on another base model (fingerprint mismatch)."""
-        if weights.base_fingerprint != self.base_fingerprint:
+        if not same_base(weights.base_fingerprint, self.base_fingerprint):
             raise ZFLoRAError(
                 f"adapter {weights.source!r} was trained on another base model "
                 f"({describe_mismatch(weights.base_fingerprint, self.base_fingerprint)}); "
@@ -287,14 +291,6 @@ class ZFLoRAModel(nn.Module):
             if name == "model":
                 raise
             return getattr(self.model, name)
-
-
-def _expected_shape(layer: ZFLoRALayer, attr: str, r: int) -> tuple[int, int]:
-    if attr in ("P", "Q"):
-        return (layer.d, r)
-    if attr == "B":
-        return (layer.base.out_features, r)
-    return (r, layer.base.in_features)
 
 
 def _is_adapter_param(name: str) -> bool:
