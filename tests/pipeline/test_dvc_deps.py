@@ -50,6 +50,23 @@ def test_every_imported_project_file_is_a_dependency(stage):
     assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them under deps"
 
 
+@pytest.mark.parametrize(
+    "params_file", ["params.yaml", *sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))]
+)
+def test_every_declared_param_is_in_each_shipped_params_file(params_file):
+    """DVC refuses to run a stage whose declared params key is missing from the file."""
+    path = ROOT / params_file if params_file == "params.yaml" else ROOT / "configs" / params_file
+    data = yaml.safe_load(path.read_text())
+    for stage, body in stages().items():
+        for entry in body.get("params", []):
+            node = data
+            for part in (entry if isinstance(entry, str) else next(iter(entry))).split("."):
+                assert isinstance(node, dict) and part in node, (
+                    f"{params_file} lacks {entry}, which {stage} declares"
+                )
+                node = node[part]
+
+
 @pytest.mark.slow
 def test_editing_an_imported_file_marks_its_stage_changed(pipeline_run):
     project = pipeline_run

@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 
 import pytest
@@ -77,12 +78,20 @@ def test_a_second_pipeline_run_waits_for_the_first(project):
             stderr=subprocess.STDOUT,
             text=True,
         )
-        time.sleep(15)
-        assert second.poll() is None, second.stdout.read()
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(second.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 240
+        while not any("waiting for it to finish" in line for line in lines):  # it reached the lock
+            assert second.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "the second run never reached the workspace lock"
+            time.sleep(0.2)
+        assert second.poll() is None  # and waits there while the first run holds it
         fcntl.flock(lock, fcntl.LOCK_UN)
-    output, _ = second.communicate(timeout=300)
+    second.wait(timeout=300)
+    reader.join(timeout=30)
+    output = "".join(lines)
     assert second.returncode == 0, output[-3000:]
-    assert "waiting for it to finish" in output
 
 
 def test_dvc_refuses_a_concurrent_command_in_the_same_workspace(project):

@@ -71,6 +71,18 @@ PRESETS: dict[str, ModelShape] = {
     "llama-3.2-1b": ModelShape(2048, 16, 32, 8, 8192, 128256, tie_word_embeddings=True, head_dim=64),
     "llama-3.2-3b": ModelShape(3072, 28, 24, 8, 8192, 128256, tie_word_embeddings=True, head_dim=128),
     "llama-3.1-8b": ModelShape(4096, 32, 32, 8, 14336, 128256, tie_word_embeddings=False, head_dim=128),
+    "smollm2-135m": ModelShape(
+        576,
+        30,
+        9,
+        3,
+        1536,
+        49152,
+        tie_word_embeddings=True,
+        head_dim=64,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+    ),
     # a small model of the embedded pipeline's kind: Python overhead dominates its latency
     "tiny": ModelShape(
         256,
