@@ -116,3 +116,14 @@ def test_evaluation_renders_task_prompts_like_training(chat_model_dir, encoded):
     evaluate_examples(model, tokenizer, task, [example()], batch_size=4)
     assert encoded == [(render_prompt(tokenizer, PROMPT), True)]
     assert CHAT_TEMPLATE == tokenizer.chat_template
+
+
+def test_generation_also_stops_at_the_models_own_end_of_turn_ids():
+    from zflora.harness.generation import stop_ids
+
+    tokenizer = bpe_tokenizer()
+    model = tiny_model("llama", vocab=len(tokenizer))
+    model.generation_config.eos_token_id = [7, tokenizer.eos_token_id]  # e.g. Llama-3's <|eot_id|> and EOS
+    assert stop_ids(model, tokenizer) == [tokenizer.eos_token_id, 7]
+    model.generation_config.eos_token_id = None
+    assert stop_ids(model, tokenizer) == [tokenizer.eos_token_id]

@@ -114,6 +114,16 @@ def encode_prompts(tokenizer: Any, prompts: list[str], chat: bool = True) -> dic
     return tokenizer(prompts, return_tensors="pt", padding=True)
 
 
+def stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus the model's own end-of-sequence ids (a chat model's end-of-turn
+    token, e.g. Llama-3's <|eot_id|>, is often only in its generation config)."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
+
+
 def context_length(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     return getattr(config, "max_position_embeddings", None)
@@ -166,7 +176,7 @@ def generate_text(
             do_sample=False,
             num_beams=1,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_ids(model, tokenizer),
             use_cache=True,
         )
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
