@@ -23,7 +23,6 @@ from zflora.harness.profiling import (
     run_profile,
     summarize,
 )
-from zflora.harness.profiling.cli import settings_from_args
 from zflora.harness.profiling.measure import (
     check_variants,
     greedy_tokens,
@@ -33,6 +32,7 @@ from zflora.harness.profiling.measure import (
 from zflora.harness.profiling.settings import ModelShape
 from zflora.harness.profiling.timing import Clock, cell_summary
 from zflora.harness.profiling.variants import ADAPTERS, randomize_, share_weights, weight_bytes
+from zflora.settings import settings_from_args
 
 SHAPE = ModelShape(64, 2, 4, 2, 96, 128, tie_word_embeddings=True, head_dim=16, max_position_embeddings=256)
 
@@ -334,7 +334,7 @@ def test_cli_rejects_bad_values_with_zflora_error():
     parser = argparse.ArgumentParser(prog="zflora")
     add_profile_parser(parser.add_subparsers(dest="command", required=True))
     with pytest.raises(zflora.ZFLoRAError, match="r: Input should be greater than 0"):
-        settings_from_args(parser.parse_args(["profile", "--preset", "tiny", "--r", "0"]))
+        settings_from_args(parser.parse_args(["profile", "--preset", "tiny", "--r", "0"]), ProfileSettings)
 
 
 def test_run_profile_without_switch_or_memory_still_writes_every_file(tmp_path):
@@ -355,3 +355,29 @@ def test_run_profile_without_switch_or_memory_still_writes_every_file(tmp_path):
     assert set(result["files"]) == {"json", "markdown", "prefill", "decode", "switch"}
     assert result["switch"] == {} and result["memory"] == {}
     assert "zflora-fused" in (tmp_path / "p" / "profile.md").read_text()
+
+
+def test_the_profile_options_are_the_settings_fields():
+    """`zflora profile` derives its options from ProfileSettings: every field, nothing copied by hand."""
+    from zflora.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "profile",
+            "--preset",
+            "tiny",
+            "--batch-sizes",
+            "1",
+            "4",
+            "--no-memory",
+            "--variants",
+            "base",
+            "zflora-fused",
+        ]
+    )
+    settings = settings_from_args(args, ProfileSettings)
+    assert settings == ProfileSettings(
+        preset="tiny", batch_sizes=(1, 4), memory=False, variants=("base", "zflora-fused")
+    )
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["profile"]._actions}
+    assert set(ProfileSettings.model_fields) <= options

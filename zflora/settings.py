@@ -88,3 +88,45 @@ class Settings(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (tuples become lists); `from_dict(to_dict())` gives an equal object."""
         return self.model_dump(mode="json")
+
+
+def add_settings_arguments(parser: Any, cls: type[Settings], exclude: tuple[str, ...] = ()) -> None:
+    """One `--field-name` option per field of `cls`: the settings class is the CLI (as in litgpt).
+
+    Types, choices, defaults and help come from the field declarations; an option left out
+    keeps the class default, so `settings_from_args` validates exactly what the user typed.
+    """
+    import argparse
+    import typing
+
+    for name, field in cls.model_fields.items():
+        if name in exclude:
+            continue
+        annotation = field.annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            annotation = args[0]
+            args = list(typing.get_args(annotation))
+        default = field.get_default(call_default_factory=True)
+        shown = list(default) if isinstance(default, tuple) else default
+        help_text = field.description or name
+        help_text = (help_text if default is None else f"{help_text} (default: {shown})").replace("%", "%%")
+        option: dict[str, Any] = {"default": None, "help": help_text, "dest": name}
+        origin = typing.get_origin(annotation)
+        if annotation is bool:
+            option["action"] = argparse.BooleanOptionalAction
+        elif origin is tuple:
+            inner = typing.get_args(annotation)[0]
+            inner = typing.get_args(inner)[0] if typing.get_origin(inner) is typing.Annotated else inner
+            option.update(nargs="*", metavar="X", type=inner if inner in (int, float) else str)
+        elif origin is typing.Literal:
+            option["choices"] = typing.get_args(annotation)
+        elif annotation in (int, float, str):
+            option["type"] = annotation
+        parser.add_argument("--" + name.replace("_", "-"), **option)
+
+
+def settings_from_args(args: Any, cls: type[Settings], **fixed: Any) -> Any:
+    """`cls` from the options `add_settings_arguments` registered (only those the user gave)."""
+    given = {name: getattr(args, name) for name in cls.model_fields if getattr(args, name, None) is not None}
+    return cls(**{**given, **fixed})
