@@ -177,7 +177,7 @@ def pipeline_flow(
     check_request(set_params, targets, experiment, allow=None if _operator else ui_allowed())
     cmd = dvc_command(set_params, targets, experiment, force)
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK_FILE, "w") as lock:
+    with os.fdopen(os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

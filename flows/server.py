@@ -311,7 +311,8 @@ def choose_port(host: str) -> tuple[int, str | None]:
     if port != DEFAULT_PORT:
         note = (
             f"port {DEFAULT_PORT} is used by a server this workspace did not start "
-            f"(another workspace or user); this workspace's server uses port {port}"
+            f"(another workspace or user; `make stop` stops one started by an older zflora); "
+            f"this workspace's server uses port {port}"
         )
     return port, note
 
@@ -339,6 +340,8 @@ def start(host: str | None = None, port: int | None = None, quiet: bool = False)
         state = _read_state()
         if is_ours(state, auth):
             return state["url"]
+        if state is not None and _alive(int(state["pid"]), state.get("start_time")):
+            _stop_group(int(state["pid"]))  # ours but not answering as it should (e.g. a new auth string)
         if port is None:
             port, note = choose_port(host)
         elif not port_free(host, port):

@@ -1,15 +1,21 @@
 """The warm worker (flows/warm.py): stages it runs behave like stage processes, it serves
-only the code it imported, and killing a stage process kills the stage."""
+only the code it imported, killing a stage process kills the stage, and killing the
+worker kills the stages it runs."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
+
+from flows import warm
 
 from .conftest import Project
 
@@ -72,30 +78,73 @@ def test_edited_code_is_never_served_by_an_old_worker(project):
     assert second != first  # the stale worker left; a fresh one imported the edited code
 
 
-def test_killing_the_stage_process_kills_the_stage(project):
+def alive(pid: int) -> bool:
+    """Running (a zombie left for a parent that never reaps it counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def long_training(project: Project) -> subprocess.Popen:
+    """Start a train stage that would run for hours, once it is inside training; returns its process."""
     path = project.root / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["train"].update(max_steps=100_000, save_steps=100_000)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     project.run(sys.executable, "-m", "flows.prepare", "--help")
     wait_for_worker(project)
-    stage = subprocess.Popen(
-        [sys.executable, "-m", "flows.train", "--task", "embedded-math", "--method", "zflora"],
-        cwd=project.root,
-        env=project.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while running(project) != 1:
-            assert stage.poll() is None and time.monotonic() < deadline, status(project)
-            time.sleep(0.5)
-        time.sleep(3)  # let it get into training
-    finally:
-        stage.send_signal(signal.SIGKILL)
-        stage.wait()
+    shutil.rmtree(project.root / "work", ignore_errors=True)
+    started = project.root / "work" / "checkpoints" / "embedded-math" / "zflora" / "run.json"
+    with open(project.root / "stage.err", "w") as err:  # a file: a full pipe would stall the stage
+        stage = subprocess.Popen(
+            [sys.executable, "-m", "flows.train", "--task", "embedded-math", "--method", "zflora"],
+            cwd=project.root,
+            env=project.env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    deadline = time.monotonic() + 180
+    while not (running(project) == 1 and started.is_file()):  # the child is in training
+        if stage.poll() is not None or time.monotonic() > deadline:
+            stage.kill()
+            raise AssertionError(f"the stage did not start training: {status(project)} {stage_err(project)}")
+        time.sleep(0.5)
+    return stage
+
+
+def stage_err(project: Project) -> str:
+    return (project.root / "stage.err").read_text()
+
+
+def test_killing_the_stage_process_kills_the_stage(project):
+    stage = long_training(project)
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
     deadline = time.monotonic() + 10
     while running(project) != 0:
         assert time.monotonic() < deadline, "the stage kept running after its process was killed"
         time.sleep(0.2)
+
+
+def test_killing_the_worker_mid_stage_kills_the_stage(project):
+    """SIGKILL to the worker: its child dies with it (PR_SET_PDEATHSIG), the stage process
+    kills the child's process group and fails with one line; nothing keeps writing."""
+    stage = long_training(project)
+    info = warm.status(project.root.resolve())
+    assert info is not None and len(info["children"]) == 1, info
+    worker, child = info["pid"], info["children"][0]
+    assert alive(child)
+    os.kill(worker, signal.SIGKILL)
+    try:
+        code = stage.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        stage.kill()
+        raise AssertionError("the stage process kept waiting for a dead worker") from None
+    deadline = time.monotonic() + 30
+    while alive(child):
+        assert time.monotonic() < deadline, "the stage kept running after its worker was killed"
+        time.sleep(0.2)
+    assert code == 1
+    assert "zflora: error: the warm worker stopped during this stage; rerun it" in stage_err(project)
