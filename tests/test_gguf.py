@@ -288,6 +288,73 @@ def test_gguf_base_keeps_its_tokenizer_through_fuse_and_export(tiny_gguf, tmp_pa
     assert stock_tokenizer.chat_template == CHAT_TEMPLATE
 
 
+def _llama2_style_tokenizer():
+    """SentencePiece-style BPE in tokenizer.json (byte fallback, '▁' for spaces): Llama-2, Mistral."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
+    tok.train_from_iterator(["the cat sat on the mat", "two plus three is five", "hello world"] * 30, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _llama3_style_tokenizer():
+    """Byte-level BPE behind Llama-3's split regex (llama.cpp's pre-tokenizer 'llama-bpe')."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    tokenizer = bpe_tokenizer(chat_template=None)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GGUF_PRE_TOKENIZER_SPLITS["llama-bpe"]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    return tokenizer
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama3", "llama2"])
+def test_converted_tokenizers_read_back_identically(tmp_path, style):
+    """Without a source GGUF, the HF tokenizer is converted with gguf's vocab helpers; transformers'
+    GGUF reader must rebuild a tokenizer that encodes and decodes like the original."""
+    tokenizer = {"gpt2": bpe_tokenizer, "llama3": _llama3_style_tokenizer, "llama2": _llama2_style_tokenizer}[
+        style
+    ]()
+    if style == "gpt2":
+        tokenizer = bpe_tokenizer(chat_template=None)
+    tiny_model("llama", vocab=len(tokenizer) + 3).save_pretrained(tmp_path / "hf")  # 3 rows without a token
+    tokenizer.save_pretrained(tmp_path / "hf")
+    summary = export_gguf(tmp_path / "hf", tmp_path / "x.gguf", tensor_type="f32")
+    assert summary["tokenizer"].startswith("converted")
+    fields = tokenizer_fields(tmp_path / "x.gguf")
+    assert fields["tokenizer.ggml.model"] == ("llama" if style == "llama2" else "gpt2")
+    assert fields.get("tokenizer.ggml.pre") == {"gpt2": "gpt2", "llama3": "llama-bpe", "llama2": None}[style]
+    assert len(fields["tokenizer.ggml.tokens"]) == len(tokenizer) + 3 and fields["tokenizer.ggml.tokens"][
+        -1
+    ] == (f"[PAD{len(tokenizer) + 2}]")
+    from transformers import AutoTokenizer
+
+    back = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="x.gguf")
+    # (no leading space: transformers rebuilds a SentencePiece-style tokenizer with Metaspace, which
+    # treats a text's leading space differently from the original's normalizer)
+    for text in ["the cat sat on the mat", "hello world 123, two plus three!", "two  spaces\nand a line"]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert back(text, add_special_tokens=False)["input_ids"] == ids
+        assert back.decode(ids) == tokenizer.decode(ids)
+    assert back.eos_token == tokenizer.eos_token
+    if style == "llama2":  # merge order survives as scores; byte tokens keep their type
+        scores = dict(zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.scores"]))
+        assert scores["\u2581t"] > scores["\u2581th"] > scores["\u2581the\u2581"]  # merged earlier: higher
+        types = dict(zip(fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]))
+        assert types["<0x41>"] == gguf.TokenType.BYTE and types["</s>"] == gguf.TokenType.CONTROL
+
+
 def test_export_refuses_what_gguf_cannot_express(tmp_path, capsys):
     model = tiny_model("qwen2", tied=True, vocab=300)
     model.save_pretrained(tmp_path / "qwen")

@@ -427,7 +427,10 @@ def _write_converted_tokenizer(writer: Any, model_dir: Path, vocab_size: int) ->
     for index, (text, score, token_type) in enumerate(vocab.all_tokens()):
         tokens.append(text)
         scores.append(score)
-        types.append(gguf.TokenType.CONTROL if index in special_ids else token_type)
+        special = index in special_ids and token_type in (gguf.TokenType.NORMAL, gguf.TokenType.USER_DEFINED)
+        types.append(gguf.TokenType.CONTROL if special else token_type)  # byte tokens stay BYTE
+    if vocab.name == "hfft":  # gguf's LlamaHfVocab scores every token -1000: rank them by the merges instead
+        scores = _merge_scores(tokenizer_json, tokens, types, scores)
     for index in range(len(tokens), vocab_size):  # embedding rows with no token: llama.cpp's padding names
         tokens.append(f"[PAD{index}]".encode())
         scores.append(-1000.0)
@@ -448,6 +451,24 @@ def _write_converted_tokenizer(writer: Any, model_dir: Path, vocab_size: int) ->
     special = gguf.SpecialVocab(model_dir, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=len(tokens))
     special.add_to_gguf(writer, quiet=True)
     return f"converted ({vocab.name}, {vocab.vocab_size} tokens)"
+
+
+def _merge_scores(tokenizer_json: dict[str, Any], tokens: list[Any], types: list[Any], scores: list[float]):
+    """SentencePiece-style scores for a BPE vocabulary: a merged token scores minus its merge's rank
+    (llama.cpp and transformers both merge the best-scored pair first), other normal tokens 0."""
+    import gguf
+
+    rank: dict[str, int] = {}
+    for index, merge in enumerate(tokenizer_json.get("model", {}).get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, index)
+    out = []
+    for token, token_type, score in zip(tokens, types, scores):
+        text = token.decode("utf-8", errors="replace") if isinstance(token, bytes) else token
+        if token_type == gguf.TokenType.NORMAL:
+            score = -1.0 - rank[text] if text in rank else 0.0
+        out.append(score)
+    return out
 
 
 @contextlib.contextmanager
