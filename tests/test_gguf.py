@@ -151,6 +151,30 @@ def test_dequantize_once_records_sha256_and_tokenizer(tiny_gguf, tmp_path):
     assert reloaded_tokenizer.chat_template == CHAT_TEMPLATE
 
 
+def test_base_stage_dequantizes_once_and_records_the_files_sha256(tiny_gguf, tmp_path, monkeypatch):
+    """The pipeline's base task with model.name = a .gguf path: artifacts/base/ is a standard
+    checkpoint that later stages load (base_model_ref), with the file's sha256 in base.json."""
+    import tasks.base as base_task
+
+    logged = []
+    monkeypatch.setattr(base_task, "log_numeric_metrics", lambda metrics, prefix="": logged.append(metrics))
+    monkeypatch.setattr(base_task, "log_json_artifact", lambda data, name: logged.append(name))
+    path, model, tokenizer = tiny_gguf
+    params = {"name": str(path), "dtype": "float32", "trust_remote_code": False}
+    manifest = base_task.resolve_base.fn(params, str(tmp_path / "artifacts" / "base"))
+    out = tmp_path / "artifacts" / "base"
+    assert manifest["gguf_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest["chat_template"] is True and manifest["architecture"] == "LlamaForCausalLM"
+    assert json.loads((out / "base.json").read_text())["gguf_sha256"] == manifest["gguf_sha256"]
+    assert {"model.safetensors", "tokenizer.json", "config.json", SIDECAR} <= {p.name for p in out.iterdir()}
+    assert base_task.base_model_ref(out) == str(out) and "base.json" in logged
+    path.unlink()  # later stages never read the GGUF again
+    reloaded, _ = load_causal_lm(base_task.base_model_ref(out))
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
 def _unsupported_arch_gguf(path):
     writer = gguf.GGUFWriter(path, "gpt2")
     writer.add_block_count(1)
