@@ -1,5 +1,6 @@
 """End to end on the smoke params: a run triggered through the Prefect API (as the UI does)
-goes through DVC, logs every stage to MLflow, registers the fused model, and can be served."""
+goes through DVC, logs every stage to MLflow, registers the fused and the multi-task model, and
+both can be served."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import shutil
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -19,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 TASK = "embedded-math"
 MODEL = f"zflora-tiny-{TASK}"
+MULTITASK = "zflora-tiny"  # every task's adapter on one fused base
 STAGES = ("base", "prepare", "train", "fuse", "evaluate", "profile", "report")
 PROMPT = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
@@ -79,31 +79,55 @@ def test_mlflow_holds_a_run_per_stage_and_the_registered_model(pipeline_run):
     tag_keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM tags")}
     assert {"task", "method", "dvc_stage", "git_commit"} <= tag_keys
     versions = db.execute("SELECT name, version FROM model_versions").fetchall()
-    assert (MODEL, 1) in versions, versions
+    assert (MODEL, 1) in versions and (MULTITASK, 1) in versions, versions
+    tags = dict(
+        db.execute(
+            "SELECT key, value FROM model_version_tags WHERE name = ? AND version = 1", (MULTITASK,)
+        ).fetchall()
+    )
+    assert tags["tasks"] == TASK
+
+
+def test_registered_versions_hold_code_and_safetensors_not_pickles(pipeline_run):
+    """Models-from-code: every registered version is source + safetensors; loading unpickles nothing."""
+    files = [p for p in (pipeline_run.root / "mlartifacts").rglob("*") if p.is_file()]
+    mlmodels = [p for p in files if p.name == "MLmodel"]
+    assert len(mlmodels) >= 2, files
+    pickles = [p for p in files if p.suffix in (".pkl", ".pickle", ".joblib") or "pickle" in p.name]
+    assert pickles == []
+    for mlmodel in mlmodels:
+        text = mlmodel.read_text()
+        assert "loader_module: mlflow.pyfunc.loaders.code_model" in text and "python_model.pkl" not in text
+        weights = [p for p in mlmodel.parent.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt")]
+        assert weights and all(p.suffix == ".safetensors" for p in weights), weights
+
+
+def generate(project, model: str, prompt: str, *extra: str) -> str:
+    return project.run(
+        "zflora", "generate", "--model", model, "--prompt", prompt, "--max-new-tokens", "12", *extra
+    ).stdout.strip()
 
 
 def test_generate_from_the_registry(pipeline_run):
-    from_registry = pipeline_run.run(
+    from_dir = generate(pipeline_run, f"artifacts/fused/{TASK}", PROMPT)
+    assert generate(pipeline_run, f"models:/{MODEL}@latest", PROMPT) == from_dir
+    # the multi-task model: --task picks the adapter; without it, the base model
+    assert generate(pipeline_run, f"models:/{MULTITASK}@latest", PROMPT, "--task", TASK) == from_dir
+    assert generate(pipeline_run, f"models:/{MULTITASK}@latest", PROMPT) == generate(
+        pipeline_run, "artifacts/base", PROMPT
+    )
+    unknown = pipeline_run.run(
         "zflora",
         "generate",
         "--model",
-        f"models:/{MODEL}@latest",
+        f"models:/{MULTITASK}@latest",
+        "--task",
+        "nope",
         "--prompt",
-        PROMPT,
-        "--max-new-tokens",
-        "12",
-    ).stdout
-    from_dir = pipeline_run.run(
-        "zflora",
-        "generate",
-        "--model",
-        f"artifacts/fused/{TASK}",
-        "--prompt",
-        PROMPT,
-        "--max-new-tokens",
-        "12",
-    ).stdout
-    assert from_registry == from_dir
+        "x",
+        check=False,
+    )
+    assert unknown.returncode == 2 and f"unknown task 'nope'; known tasks: {TASK}" in unknown.stderr
     missing = pipeline_run.run(
         "zflora", "generate", "--model", "models:/no-such-model@latest", "--prompt", "x", check=False
     )
@@ -115,64 +139,30 @@ def test_generate_from_the_registry(pipeline_run):
 
 
 def test_mlflow_models_serve_answers_over_http(pipeline_run):
-    port = free_port()
+    """The multi-task model over HTTP: task rows and base rows (null or no task) mixed in one request."""
+    from .mlflow_serve import invoke, mlflow_serve
+
     env = {**pipeline_run.env, "MLFLOW_TRACKING_URI": f"sqlite:///{pipeline_run.root / 'mlflow.db'}"}
-    server = subprocess.Popen(
-        [
-            shutil.which("mlflow", path=env["PATH"]),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL}@latest",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=pipeline_run.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert server.poll() is None, server.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "mlflow models serve did not come up"
-            time.sleep(1)
-        body = json.dumps(
-            {"dataframe_records": [{"prompt": PROMPT}], "params": {"max_new_tokens": 12}}
-        ).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            predictions = json.loads(response.read())["predictions"]
-        expected = pipeline_run.run(
-            "zflora",
-            "generate",
-            "--model",
-            f"artifacts/fused/{TASK}",
-            "--prompt",
-            PROMPT,
-            "--max-new-tokens",
-            "12",
-        ).stdout.strip()
-        assert predictions == [expected]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    prompts = [PROMPT, "Sara has 5 pens and gives away 2. How many pens does she have left?"]
+    fused = {p: generate(pipeline_run, f"artifacts/fused/{TASK}", p) for p in prompts}
+    base = {p: generate(pipeline_run, "artifacts/base", p) for p in prompts}
+    records = [
+        {"prompt": prompts[1], "task": None},
+        {"prompt": prompts[0], "task": TASK},
+        {"prompt": prompts[0]},
+        {"prompt": prompts[1], "task": TASK},
+    ]
+    expected = [base[prompts[1]], fused[prompts[0]], base[prompts[0]], fused[prompts[1]]]
+    with mlflow_serve(f"models:/{MULTITASK}@latest", env, pipeline_run.root) as url:
+        status, body = invoke(url, records, 12)
+        assert status == 200 and body["predictions"] == expected, body
+        status, body = invoke(url, [{"prompt": PROMPT, "task": "nope"}], 12)
+        assert status == 400 and f"known tasks: {TASK}" in json.dumps(body), body
+        status, body = invoke(url, records[:2], 12)  # still serving
+        assert status == 200 and body["predictions"] == expected[:2]
+    with mlflow_serve(f"models:/{MODEL}@latest", env, pipeline_run.root) as url:  # the per-task model
+        status, body = invoke(url, [{"prompt": PROMPT}], 12)
+        assert status == 200 and body["predictions"] == [fused[PROMPT]], body
 
 
 def test_torchrun_trains_with_two_processes_through_the_stage_entry_point(pipeline_run, tmp_path):
