@@ -8,8 +8,9 @@ calls `mlflow.models.set_model`. The weights are safetensors artifacts next to i
   multi-task directory (the fused-width base once + one small adapter per task). Each
   row may name a `task`; a missing or null task gets the base model. Rows are grouped by
   task and the adapters swapped in place between groups (`zflora.MultiTaskModel`).
-- otherwise (`zflora-<base>-<task>`, `model_config["zflora_task"]` names the task): artifact `hf_model`, that task's fused checkpoint.
-  A row may name its own task (or none); another task is refused.
+- otherwise (`zflora-<base>-<task>`; `model_config["zflora_task"]` names the task):
+  artifact `hf_model`, that task's fused checkpoint. A row may name its own task (or
+  none); another task is refused.
 
 Input: a DataFrame (`dataframe_records`) with `prompt` and optional `task`; params
 `max_new_tokens` (64) and `batch_size` (16). Output: one completion per row, in order.
