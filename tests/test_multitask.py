@@ -147,3 +147,18 @@ def test_concurrent_callers_never_see_another_callers_adapter(setup):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_built_from_a_checkpoint_directory_or_a_loaded_model_finds_its_tokenizer(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    setup["fused"]["chat"].save_pretrained(tmp_path / "fused")
+    setup["tokenizer"].save_pretrained(tmp_path / "fused")
+    adapters = {t: setup["root"] / t for t in TASKS}
+    expected = [setup["reference"]["sum"][PROMPTS[0]], setup["reference"][None][PROMPTS[1]]]
+    for fused in (tmp_path / "fused", AutoModelForCausalLM.from_pretrained(tmp_path / "fused")):
+        mt = zflora.MultiTaskModel(fused, adapters)  # no tokenizer= : the one saved with the model
+        assert mt.generate(PROMPTS[:2], ["sum", None], max_new_tokens=NEW) == expected
+    bare = zflora.MultiTaskModel(setup["zm"].fuse("math"), adapters)  # built in memory: no directory
+    with pytest.raises(ZFLoRAError, match="has no tokenizer; pass tokenizer="):
+        bare.generate(PROMPTS[:1], ["math"])

@@ -1,7 +1,10 @@
 """Many task adapters on one fused model: grouped in-place swaps, one batch per task.
 
-    mt = zflora.MultiTaskModel(fused, {"math": "adapters/math", "chat": "adapters/chat"}, tokenizer)
+    mt = zflora.MultiTaskModel(fused, {"math": "adapters/math", "chat": "adapters/chat"})
     mt.generate(prompts, tasks=["math", None, "chat"])     # None -> the exact base model
+
+`fused` is a fused model (its tokenizer is loaded from the directory it came from, or
+pass `tokenizer=`) or a fused checkpoint directory.
 
 Every adapter is read, validated against the fused model (base fingerprint, r <= width)
 and preloaded once, with its embedding product E·P cached, so a switch is a pure copy
@@ -58,20 +61,25 @@ def check_task_name(task: Any) -> str:
 class MultiTaskModel:
     """One fused zFLoRA model serving several task adapters; `generate(prompts, tasks)` routes rows by task.
 
-    `fused` is any fused model of the adapters' base (its current adapter is discarded:
-    the model is left on the base, a zero adapter). `adapters` maps task names to adapter
+    `fused` is any fused model of the adapters' base, or its checkpoint directory (its
+    current adapter is discarded: the model is left on the base, a zero adapter). Without
+    `tokenizer=`, the tokenizer saved next to the model is used. `adapters` maps task names to adapter
     directories or `AdapterWeights`. The model is owned by this object from then on:
     swap it only through `generate`/`use`, or the active-task bookkeeping goes stale.
     """
 
     def __init__(
         self,
-        fused: nn.Module,
+        fused: nn.Module | str | Path,
         adapters: Mapping[str, str | Path | AdapterWeights],
         tokenizer: Any = None,
     ) -> None:
         from zflora.method.fusion import fused_meta, swap_adapter
+        from zflora.method.loading import load_causal_lm
 
+        if isinstance(fused, (str, Path)):  # a fused checkpoint directory: model and tokenizer
+            fused, loaded = load_causal_lm(fused)
+            tokenizer = tokenizer if tokenizer is not None else loaded
         self.meta = dict(fused_meta(fused))
         self.model = fused
         self.tokenizer = tokenizer
@@ -146,9 +154,7 @@ class MultiTaskModel:
         from zflora.harness.generation import generate_text
 
         if self.tokenizer is None:
-            raise ZFLoRAError(
-                "MultiTaskModel has no tokenizer; pass tokenizer= or load it with from_directory"
-            )
+            self.tokenizer = self._saved_tokenizer()
         prompts = list(prompts)
         if tasks is None or isinstance(tasks, str):
             tasks = [tasks] * len(prompts)
@@ -204,6 +210,17 @@ class MultiTaskModel:
                 for task, w in sorted(self.adapters.items())
             },
         }
+
+    def _saved_tokenizer(self) -> Any:
+        """The tokenizer saved next to the fused model (from_pretrained records its directory)."""
+        from zflora.method.loading import load_tokenizer
+
+        source = getattr(self.model.config, "_name_or_path", "") or ""
+        if source and Path(source).is_dir() and any(Path(source).glob("tokenizer*")):
+            return load_tokenizer(source)
+        raise ZFLoRAError(
+            "MultiTaskModel has no tokenizer; pass tokenizer=, or a fused model directory that holds one"
+        )
 
     def _unknown(self, task: Any) -> str:
         known = ", ".join(self.tasks) or "none"
