@@ -283,6 +283,57 @@ def test_f16_export_halves_the_matrices_and_keeps_greedy_tokens(tmp_path):
     assert greedy(stock, ids) == greedy(fused, ids)
 
 
+def test_quantized_exports_keep_the_source_types_where_rows_allow(tmp_path, capsys):
+    """A Q8_0 source GGUF, fused at r=6 (hidden 72): `--dtype source` writes Q8_0 where a row is still
+    whole 32-value blocks (attn_output rows of 64, ffn_down rows of 96) and f16 where the widening broke
+    the blocks (rows of 72); `--dtype q8_0` does the same without a source."""
+    _, tokenizer = save_tiny(tmp_path / "hf")
+    source = tmp_path / "q8.gguf"
+    summary = export_gguf(tmp_path / "hf", source, tensor_type="q8_0")
+    assert summary["tensor_types"] == {"Q8_0": 15, "F32": 5}  # 7 matrices x 2 layers + embedding; norms
+    base, _ = load_causal_lm(source)
+    zm = zflora.get_zflora_model(base, zflora.ZFLoRAConfig(r=6), adapter_name="task")
+    randomize_adapter(zm, std=0.3)
+    adapter = zm.save_adapter(tmp_path / "adapter")
+    assert run(capsys, "fuse", "--base", source, "--adapter", adapter, "--out", tmp_path / "fused")[0] == 0
+    fused, _ = load_causal_lm(tmp_path / "fused")
+
+    out = tmp_path / "fused.gguf"
+    code, printed, err = run(
+        capsys, "export-gguf", "--model", tmp_path / "fused", "--out", out, "--dtype", "source"
+    )
+    assert code == 0, err
+    assert "Q8_0 x4" in printed and "F16 x" in printed
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.attn_output.weight"] == types["blk.1.ffn_down.weight"] == "Q8_0"
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == "F16"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    assert export_gguf(tmp_path / "fused", tmp_path / "q.gguf", "q8_0")["tensor_types"] == {
+        "F16": 11,
+        "Q8_0": 4,
+        "F32": 5,
+    }
+    stock, _ = stock_gguf_load(out)
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        expected, got = fused(ids).logits, stock(ids).logits
+    # 8-bit blocks cost about 2% here (adapter std 0.3); a wrong layout or permutation costs ~100%
+    assert ((expected - got).abs().max() / expected.abs().max()).item() < 5e-2
+
+    _fused_checkpoint(tmp_path / "plain")  # a base that did not come from a GGUF has no source types
+    code, _, err = run(
+        capsys,
+        "export-gguf",
+        "--model",
+        tmp_path / "plain" / "fused",
+        "--out",
+        tmp_path / "s.gguf",
+        "--dtype",
+        "source",
+    )
+    assert code == 2 and "--dtype source needs a base that came from a GGUF" in err
+
+
 def test_gguf_base_keeps_its_tokenizer_through_fuse_and_export(tiny_gguf, tmp_path, capsys):
     """A base read from a GGUF: `zflora fuse --base x.gguf`, then `zflora export-gguf` writes the
     source file's tokenizer fields (vocabulary, merges, types, pre-tokenizer, chat template) back."""

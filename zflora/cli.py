@@ -180,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", required=True, help="output .gguf file (written atomically)")
     export.add_argument(
-        "--dtype", default="f16", choices=("f16", "f32"), help="matrix storage type (norms are always f32)"
+        "--dtype",
+        default="f16",
+        choices=("f16", "f32", "q8_0", "source"),
+        help="matrix storage (norms are always f32): f16, f32, q8_0 where rows are whole 32-value blocks "
+        "(else f16), or source: each tensor in the type of the GGUF the base came from, where rows allow",
     )
     export.set_defaults(func=_cmd_export_gguf)
 

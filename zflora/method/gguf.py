@@ -25,11 +25,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,7 +43,9 @@ SIDECAR_VERSION = 1
 READ_ARCHITECTURES = ("llama", "qwen2")
 # model types zflora writes as GGUF, and the llama.cpp architecture each is written as
 EXPORT_ARCHITECTURES = {"llama": "llama", "mistral": "llama"}
-TENSOR_TYPES = ("f16", "f32")
+# matrix storage: f16 / f32 everywhere; q8_0 where a row is whole 32-value blocks (else f16); source: each
+# tensor in the type the source GGUF stored it in, where the (widened) row is whole blocks (else f16)
+TENSOR_TYPES = ("f16", "f32", "q8_0", "source")
 F16_MAX = 65504.0
 
 
@@ -179,6 +183,8 @@ def load_gguf(
         "architecture": architecture,
         "gguf_name": _field(reader, "general.name"),
         "tokenizer_fields": read_tokenizer_fields(reader),
+        "tensor_types": {t.name: t.tensor_type.name for t in reader.tensors},
+        "file_type": _field(reader, "general.file_type"),
     }
     del reader
     torch_dtype = resolve_dtype(dtype) or torch.float32
@@ -250,6 +256,8 @@ def write_sidecar(directory: str | os.PathLike, info: dict[str, Any]) -> None:
         "source": Path(info["gguf_file"]).name,
         "sha256": info["sha256"],
         "fields": info["tokenizer_fields"],
+        "tensor_types": info["tensor_types"],  # for export-gguf --dtype source
+        "file_type": info["file_type"],
     }
     (Path(directory) / SIDECAR).write_text(json.dumps(sidecar) + "\n")
 
@@ -345,6 +353,32 @@ def _rope_theta(config: Any) -> float:
     if isinstance(rope, dict) and "rope_theta" in rope:
         return float(rope["rope_theta"])
     return float(getattr(config, "rope_theta", 10000.0))
+
+
+def _encode_matrix(array: Any, mode: str, source_type: str | None, label: str) -> tuple[Any, Any]:
+    """(data, GGML type) of one matrix in export mode `mode`; see TENSOR_TYPES."""
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    wanted = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}.get(mode)
+    if mode == "source":
+        wanted = Q[source_type] if source_type in Q.__members__ else Q.F16
+        if wanted == Q.BF16:
+            wanted = Q.F16
+    if wanted not in (Q.F32, Q.F16):
+        block = gguf.GGML_QUANT_SIZES[wanted][0]
+        if array.shape[-1] % block == 0:
+            try:
+                return gguf.quants.quantize(array, wanted), wanted
+            except NotImplementedError:  # a type gguf-py can read but not write (i-quants...)
+                pass
+        wanted = Q.F16  # the widened row is not whole blocks
+    if wanted == Q.F16:
+        peak = float(np.abs(array).max()) if array.size else 0.0
+        if not peak <= F16_MAX:
+            raise ZFLoRAError(f"{label} holds {peak:g}, beyond float16's range; export with --dtype f32")
+        return array.astype(np.float16), Q.F16
+    return array, Q.F32
 
 
 def _write_fields(writer: Any, fields: list[dict[str, Any]]) -> None:
@@ -471,6 +505,14 @@ def _merge_scores(tokenizer_json: dict[str, Any], tokens: list[Any], types: list
     return out
 
 
+def _describe_types(mode: str, tensors: list[tuple[str, Any, Any]]) -> str:
+    """float16 / float32 for a uniform export, else the matrix types with counts (Q8_0 x14, F16 x6)."""
+    if mode in ("f16", "f32"):
+        return {"f16": "float16", "f32": "float32"}[mode]
+    counts = Counter(qtype.name for _, data, qtype in tensors if data.ndim >= 2)
+    return ", ".join(f"{name} x{count}" for name, count in counts.most_common())
+
+
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -490,8 +532,9 @@ def export_gguf(
 ) -> dict[str, Any]:
     """Write the checkpoint at `model_dir` (fused or not) as one GGUF file; returns a summary.
 
-    Matrices are stored in `tensor_type` (f16 or f32); norm weights always in f32, as
-    llama.cpp expects. The tokenizer is the source GGUF's (sidecar) or a converted one.
+    Matrices are stored as `tensor_type` says (TENSOR_TYPES: f16, f32, q8_0 or source); norm
+    weights always in f32, as llama.cpp expects. The tokenizer is the source GGUF's (sidecar)
+    or a converted one.
     """
     import gguf
 
@@ -523,7 +566,12 @@ def export_gguf(
             f"model's embedding has {vocab_size} rows; delete {SIDECAR} to convert the HF tokenizer instead"
         )
 
-    matrix_dtype = np_dtype = {"f16": "float16", "f32": "float32"}[tensor_type]
+    source_types = (sidecar or {}).get("tensor_types")
+    if tensor_type == "source" and not source_types:
+        raise ZFLoRAError(
+            f"{where}: --dtype source needs a base that came from a GGUF (its {SIDECAR} lists the source "
+            "tensor types); use f16, f32 or q8_0"
+        )
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tensors: list[tuple[str, Any]] = []
     with torch.no_grad():
@@ -539,14 +587,14 @@ def export_gguf(
                 weight = _permute_qk(weight, heads)
             elif base.endswith("self_attn.k_proj"):
                 weight = _permute_qk(weight, kv_heads)
-            if weight.dim() >= 2 and tensor_type == "f16":
-                peak = weight.abs().max().item()
-                if not peak <= F16_MAX:
-                    raise ZFLoRAError(
-                        f"{where}: {hf_name} holds {peak:g}, beyond float16's range; export with --dtype f32"
-                    )
-            array = weight.numpy().astype(np_dtype if weight.dim() >= 2 else "float32")
-            tensors.append((f"{gguf_name}.{suffix}", array))
+            full_name = f"{gguf_name}.{suffix}"
+            array = weight.numpy()
+            if weight.dim() >= 2:
+                source = (source_types or {}).get(full_name)
+                data, qtype = _encode_matrix(array, tensor_type, source, f"{where}: {hf_name}")
+            else:
+                data, qtype = array.astype(np.float32), gguf.GGMLQuantizationType.F32
+            tensors.append((full_name, data, qtype))
 
     with _atomic_path(out_file) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
@@ -555,9 +603,12 @@ def export_gguf(
         # A Mistral model (no sliding window) is written as llama, as llama.cpp does; transformers reads it
         # back as a LlamaForCausalLM, which needs hidden_size % heads == 0 (llama.cpp does not).
         writer.add_name(label)
-        writer.add_file_type(
-            gguf.LlamaFileType.MOSTLY_F16 if tensor_type == "f16" else gguf.LlamaFileType.ALL_F32
+        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}.get(
+            tensor_type, gguf.LlamaFileType.MOSTLY_F16
         )
+        if tensor_type == "source" and isinstance(sidecar.get("file_type"), int):
+            file_type = sidecar["file_type"]
+        writer.add_file_type(file_type)
         writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)
         writer.add_block_count(config.num_hidden_layers)
@@ -582,8 +633,9 @@ def export_gguf(
             tokenizer_note = f"from {sidecar.get('source', 'the source GGUF')}"
         else:
             tokenizer_note = _write_converted_tokenizer(writer, model_dir, vocab_size)
-        for tensor_name, array in tensors:
-            writer.add_tensor(tensor_name, array)
+        for tensor_name, data, qtype in tensors:
+            quantized = qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            writer.add_tensor(tensor_name, data, raw_dtype=qtype if quantized else None)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -591,7 +643,8 @@ def export_gguf(
     return {
         "out_file": str(out_file),
         "architecture": arch,
-        "tensor_type": matrix_dtype,
+        "tensor_type": _describe_types(tensor_type, tensors),
+        "tensor_types": dict(Counter(qtype.name for _, _, qtype in tensors)),
         "tensors": len(tensors),
         "hidden_size": config.hidden_size,
         "head_dim": head_dim,
