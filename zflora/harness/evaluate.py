@@ -48,7 +48,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 
 def build_variants(
-    method: str, base_path: str | Path, artifact_dir: str | Path | None, dtype: str | None = None
+    method: str,
+    base_path: str | Path,
+    artifact_dir: str | Path | None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, tuple[nn.Module, Any]]:
     """Every serving form of a trained method: {form: (model, tokenizer)}, built one base load each."""
     from zflora.method.loading import load_causal_lm
@@ -57,9 +61,13 @@ def build_variants(
     models: dict[str, tuple[nn.Module, Any]] = {}
     for variant in VARIANTS[method]:
         if method == "fft":
-            models[variant] = load_causal_lm(artifact_dir, dtype=dtype) if artifact_dir else _missing(method)
+            models[variant] = (
+                load_causal_lm(artifact_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+                if artifact_dir
+                else _missing(method)
+            )
             continue
-        base, tokenizer = load_causal_lm(base_path, dtype=dtype)
+        base, tokenizer = load_causal_lm(base_path, dtype=dtype, trust_remote_code=trust_remote_code)
         if variant.endswith("-fused"):
             zm = load_trained(method, base, artifact_dir)
             models[variant] = (zm.fuse(), tokenizer)
@@ -124,12 +132,13 @@ def evaluate_method(
     out_dir: str | Path,
     settings: EvaluateSettings | None = None,
     dtype: str | None = None,
+    trust_remote_code: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every serving form of `method` on `examples`; write predictions and metrics.json."""
     settings = settings or EvaluateSettings()
     examples = examples[: settings.limit] if settings.limit else examples
-    variants = build_variants(method, base_path, artifact_dir, dtype)
+    variants = build_variants(method, base_path, artifact_dir, dtype, trust_remote_code)
     per_variant: dict[str, dict[str, float]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     for name, (model, tokenizer) in variants.items():
