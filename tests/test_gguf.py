@@ -130,6 +130,39 @@ def test_gguf_file_loads_as_a_plain_model(tmp_path, tied):
     assert (tmp_path / "resaved" / "model.safetensors").is_file()
 
 
+def test_qwen2_gguf_base_loads(tmp_path):
+    """A Qwen2 GGUF (q/k/v biases, no q/k permutation), written here with the gguf writer."""
+    from zflora.method.gguf import _write_converted_tokenizer
+
+    model, tokenizer = save_tiny(tmp_path / "hf", family="qwen2")
+    config = model.config
+    writer = gguf.GGUFWriter(tmp_path / "qwen.gguf", "qwen2")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    _write_converted_tokenizer(writer, tmp_path / "hf", config.vocab_size)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    for name, param in model.named_parameters():
+        if not name.startswith("lm_head."):  # tied
+            base, _, suffix = name.rpartition(".")
+            writer.add_tensor(f"{names.get_name(base)}.{suffix}", param.detach().numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    loaded, _ = load_causal_lm(tmp_path / "qwen.gguf")
+    assert type(loaded).__name__ == "Qwen2ForCausalLM"
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
 def test_dequantize_once_records_sha256_and_tokenizer(tiny_gguf, tmp_path):
     path, model, tokenizer = tiny_gguf
     out = tmp_path / "base"

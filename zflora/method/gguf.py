@@ -1,6 +1,6 @@
 """GGUF in and out: dequantize a GGUF base into a standard model, export a fused model as GGUF.
 
-    model, tokenizer = load_gguf("smollm2-135m-instruct")        # a preset, or a path to a .gguf file
+    model, tokenizer, info = load_gguf("smollm2-135m-instruct")  # a preset, or a path to a .gguf file
     info = dequantize_to_directory("model.gguf", "artifacts/base")  # safetensors + tokenizer + sha256
     summary = export_gguf("models/fused-math", "fused-math.gguf", tensor_type="f16")
 
