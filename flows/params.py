@@ -41,7 +41,9 @@ class ModelParams(Section):
     """`base` stage: which base model the adapters are trained on."""
 
     name: str = Field(
-        EMBEDDED, description="'embedded' (train the tiny base here) or an HF id / local directory"
+        EMBEDDED,
+        description="'embedded' (train the tiny base here), an HF id, a local directory, a .gguf file "
+        "or the packaged preset 'smollm2-135m-instruct'",
     )
     short_name: str | None = Field(
         None, description="name used in registered models; default 'tiny' or the id's last part"
@@ -58,7 +60,12 @@ class ModelParams(Section):
     def label(self) -> str:
         if self.short_name:
             return self.short_name
-        return "tiny" if self.name == EMBEDDED else Path(self.name.rstrip("/")).name.lower()
+        if self.name == EMBEDDED:
+            return "tiny"
+        name = Path(self.name.rstrip("/")).name
+        if name.lower().endswith(".gguf"):  # SmolLM2-135M-Instruct.Q4_1.gguf -> smollm2-135m-instruct
+            name = name[: -len(".gguf")].split(".")[0]
+        return name.lower()
 
 
 class DataParams(Section):

@@ -101,3 +101,18 @@ def test_a_stage_refuses_bad_params_before_starting_anything(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == f"zflora: error: {bad}: adapter.r: Input should be greater than 0 (got -3)"
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / ".prefect").exists()
+
+
+@pytest.mark.parametrize(
+    "name,label",
+    [
+        ("embedded", "tiny"),
+        ("meta-llama/Llama-3.2-1B", "llama-3.2-1b"),
+        ("/models/SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+        ("smollm2-135m-instruct", "smollm2-135m-instruct"),
+    ],
+)
+def test_registered_names_use_the_base_model_name(name, label):
+    from flows.params import ModelParams
+
+    assert ModelParams(name=name).label == label
