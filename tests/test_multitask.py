@@ -162,3 +162,15 @@ def test_built_from_a_checkpoint_directory_or_a_loaded_model_finds_its_tokenizer
     bare = zflora.MultiTaskModel(setup["zm"].fuse("math"), adapters)  # built in memory: no directory
     with pytest.raises(ZFLoRAError, match="has no tokenizer; pass tokenizer="):
         bare.generate(PROMPTS[:1], ["math"])
+
+
+def test_a_gguf_tokenizer_sidecar_travels_with_the_saved_model(setup, tmp_path):
+    """A base that came from a GGUF keeps that file's tokenizer metadata for `zflora export-gguf`."""
+    from zflora.method.gguf import SIDECAR
+
+    setup["fused"]["chat"].save_pretrained(tmp_path / "fused")
+    setup["tokenizer"].save_pretrained(tmp_path / "fused")
+    (tmp_path / "fused" / SIDECAR).write_text('{"source": "a.gguf"}')
+    mt = zflora.MultiTaskModel(tmp_path / "fused", {t: setup["root"] / t for t in TASKS})
+    mt.save(tmp_path / "multi")
+    assert (tmp_path / "multi" / "base" / SIDECAR).read_text() == '{"source": "a.gguf"}'

@@ -37,6 +37,7 @@ from torch import nn
 from zflora.errors import ZFLoRAError
 from zflora.method.adapter_file import AdapterWeights, read_adapter, write_adapter
 from zflora.method.atomic import atomic_dir
+from zflora.method.gguf import copy_sidecar
 
 FORMAT = "zflora-multitask"
 FORMAT_VERSION = 1
@@ -193,6 +194,8 @@ class MultiTaskModel:
             self.model.save_pretrained(tmp / BASE_DIR)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / BASE_DIR)
+            # a base that came from a GGUF keeps that file's tokenizer for `zflora export-gguf`
+            copy_sidecar(getattr(self.model.config, "_name_or_path", "") or "", tmp / BASE_DIR)
             for task, weights in self.adapters.items():
                 write_adapter(tmp / ADAPTERS_DIR / task, weights)
             (tmp / MANIFEST).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
