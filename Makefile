@@ -58,6 +58,7 @@ format: install
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
 
+# The UI asks for the server's auth string once per browser: cat .prefect/server.auth
 prefect-ui: install
 	$(BIN)/python -m flows.server start
 

@@ -45,6 +45,7 @@ def main() -> int:
         "UIs:",
         "  MLflow    make mlflow-ui, then open http://127.0.0.1:5000 (runs, and models under Models)",
         f"  Prefect   {prefect}",
+        "            log in with the auth string: cat .prefect/server.auth (once per browser)",
     ]
     lines += serving_lines()
     print("\n".join(lines))
