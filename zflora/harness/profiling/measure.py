@@ -7,8 +7,12 @@ them across variants.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +20,7 @@ from torch import nn
 
 from zflora.harness.profiling.timing import Clock
 from zflora.harness.profiling.variants import ADAPTERS, VariantSet
+from zflora.method.adapter_file import write_adapter
 from zflora.method.fusion import swap_adapter
 
 
@@ -87,6 +92,7 @@ def switch_samplers(vs: VariantSet, clock: Clock) -> dict[str, Callable[[], floa
 
     - zflora-swap: swap_adapter on the fused model (adapters preloaded, E·P cached after first use)
     - zflora-swap-first-use: the same with a fresh AdapterWeights object (includes computing E·P)
+    - zflora-swap-from-disk: swap_adapter with the adapter's directory (read, check, E·P, copy)
     - lora-merged-switch: PEFT unmerge_adapter + set_adapter + merge_adapter
     - lora-set-adapter: PEFT set_adapter on the unmerged model
     - zflora-set-adapter: ZFLoRAModel.set_adapter (training form)
@@ -121,6 +127,10 @@ def switch_samplers(vs: VariantSet, clock: Clock) -> dict[str, Callable[[], floa
             return sample
 
         samplers["zflora-swap-first-use"] = first_use()
+        folder = Path(tempfile.mkdtemp(prefix="zflora-switch-"))  # removed at exit
+        atexit.register(shutil.rmtree, folder, True)
+        paths = {name: write_adapter(folder / name, weights) for name, weights in adapters.items()}
+        samplers["zflora-swap-from-disk"] = toggler(lambda name: swap_adapter(fused, paths[name]))
     if vs.peft_merged is not None:
         merged = vs.peft_merged
 
