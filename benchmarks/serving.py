@@ -48,34 +48,43 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("zflora", "peft-mixed", "merged-copies")
-SHAPES: dict[str, dict[str, Any]] = {
-    # the embedded pipeline's tiny base
-    "tiny": dict(
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=352,
-        vocab_size=2048,
-        tie_word_embeddings=True,
-    ),
-    # SmolLM2-135M's dimensions, random weights
-    "smollm2-135m": dict(
-        hidden_size=576,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        intermediate_size=1536,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    ),
-}
+
+
+def _shapes() -> dict[str, dict[str, Any]]:
+    """LlamaConfig fields of the benchmarked shapes, from the project's own definitions."""
+    from zflora.harness.profiling import PRESETS
+    from zflora.harness.tinybase import TinyBaseSettings
+
+    tiny = TinyBaseSettings()  # the embedded pipeline's tiny base
+    smol = PRESETS["smollm2-135m"]  # SmolLM2-135M's dimensions, random weights
+    return {
+        "tiny": dict(
+            hidden_size=tiny.hidden_size,
+            num_hidden_layers=tiny.num_layers,
+            num_attention_heads=tiny.num_heads,
+            num_key_value_heads=tiny.num_kv_heads,
+            intermediate_size=tiny.intermediate_size,
+            vocab_size=tiny.vocab_size,
+            tie_word_embeddings=tiny.tie_embeddings,
+        ),
+        "smollm2-135m": dict(
+            hidden_size=smol.hidden_size,
+            num_hidden_layers=smol.num_hidden_layers,
+            num_attention_heads=smol.num_attention_heads,
+            num_key_value_heads=smol.num_key_value_heads,
+            intermediate_size=smol.intermediate_size,
+            vocab_size=smol.vocab_size,
+            tie_word_embeddings=smol.tie_word_embeddings,
+        ),
+    }
+
+
+SHAPES = _shapes()
 # a shape's stream and repeats unless given on the command line (the default run: a few minutes on 2 cores)
 STREAM = {
     "tiny": dict(requests=64, new_tokens=16, repeats=3),
     "smollm2-135m": dict(requests=32, new_tokens=8, repeats=1),
 }
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -124,10 +133,11 @@ def tokenizer_for(vocab_size: int, path: Path) -> Any:
 def prepare(shape: str, k: int, r: int, seed: int, out: Path) -> None:
     """Base, K zFLoRA adapters (+ the multi-task directory) and K LoRA adapters of that base, on disk."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import zflora
+    from zflora.harness.methods import AdapterSettings
 
     config = LlamaConfig(
         **SHAPES[shape], max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=0
@@ -138,10 +148,12 @@ def prepare(shape: str, k: int, r: int, seed: int, out: Path) -> None:
     base.save_pretrained(out / "base")
     tokenizer = tokenizer_for(config.vocab_size, out / "base")
     generator = torch.Generator().manual_seed(seed + 1)
+    lora = AdapterSettings(r=r).lora_config(base)  # the trained baseline: q/k/v/o/gate/up/down, alpha 2r
+    lora.init_lora_weights = False
     for i in range(k):
         peft = get_peft_model(
             LlamaForCausalLM.from_pretrained(out / "base"),
-            LoraConfig(r=r, lora_alpha=2 * r, target_modules=LORA_TARGETS, init_lora_weights=False),
+            lora,
         )
         with torch.no_grad():
             for name, p in peft.named_parameters():
