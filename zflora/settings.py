@@ -97,6 +97,7 @@ def add_settings_arguments(parser: Any, cls: type[Settings], exclude: tuple[str,
     keeps the class default, so `settings_from_args` validates exactly what the user typed.
     """
     import argparse
+    import types
     import typing
 
     for name, field in cls.model_fields.items():
@@ -104,7 +105,7 @@ def add_settings_arguments(parser: Any, cls: type[Settings], exclude: tuple[str,
             continue
         annotation = field.annotation
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: the X
             annotation = args[0]
             args = list(typing.get_args(annotation))
         default = field.get_default(call_default_factory=True)
