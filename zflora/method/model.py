@@ -61,7 +61,7 @@ class ZFLoRAModel(nn.Module):
         self._state = AdapterState()
         for param in model.parameters():
             param.requires_grad_(False)
-        self._wrapped: list[tuple[str, str | None, ZFLoRALayer]] = []  # (module path, block, layer)
+        self._wrapped: list[tuple[str, ZFLoRALayer]] = []  # (module path, layer)
         self._inject()
         self.add_adapter(adapter_name, config)
         self.set_adapter(adapter_name)
@@ -73,28 +73,22 @@ class ZFLoRAModel(nn.Module):
         head = model.get_submodule(layout.lm_head)
         tied = head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr()
         entry = StreamEntry(embed, state, d)
-        self._wrap(layout.embed, None, entry)
+        self._wrap(layout.embed, entry)
         for index, _ in enumerate(model.get_submodule(layout.layers)):
             prefix = f"{layout.layers}.{index}"
             for norm in layout.norms:
-                self._wrap(
-                    f"{prefix}.{norm}", None, StreamNorm(model.get_submodule(f"{prefix}.{norm}"), state, d)
-                )
-            for block, path in layout.readers:
-                self._wrap(
-                    f"{prefix}.{path}", block, Reader(model.get_submodule(f"{prefix}.{path}"), state, d)
-                )
-            for block, path in layout.writers:
-                self._wrap(
-                    f"{prefix}.{path}", block, Writer(model.get_submodule(f"{prefix}.{path}"), state, d)
-                )
-        self._wrap(layout.final_norm, None, StreamNorm(model.get_submodule(layout.final_norm), state, d))
-        self._wrap(layout.lm_head, None, StreamExit(head, state, d, entry if tied else None))
+                self._wrap(f"{prefix}.{norm}", StreamNorm(model.get_submodule(f"{prefix}.{norm}"), state, d))
+            for _, path in layout.readers:
+                self._wrap(f"{prefix}.{path}", Reader(model.get_submodule(f"{prefix}.{path}"), state, d))
+            for _, path in layout.writers:
+                self._wrap(f"{prefix}.{path}", Writer(model.get_submodule(f"{prefix}.{path}"), state, d))
+        self._wrap(layout.final_norm, StreamNorm(model.get_submodule(layout.final_norm), state, d))
+        self._wrap(layout.lm_head, StreamExit(head, state, d, entry if tied else None))
         self.tied = tied
 
-    def _wrap(self, path: str, block: str | None, layer: ZFLoRALayer) -> None:
+    def _wrap(self, path: str, layer: ZFLoRALayer) -> None:
         set_submodule(self.model, path, layer)
-        self._wrapped.append((path, block, layer))
+        self._wrapped.append((path, layer))
 
     def _adapter_slots(self, config: ZFLoRAConfig) -> Iterator[tuple[str, nn.Module, str]]:
         """(tensor key, layer, attribute) for every matrix an adapter with `config` owns."""
@@ -167,7 +161,7 @@ class ZFLoRAModel(nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._require(adapter_name)
-        for _, _, layer in self._wrapped:
+        for _, layer in self._wrapped:
             layer.delete_adapter(adapter_name)
         del self.adapter_configs[adapter_name]
         del self._state.ranks[adapter_name]
@@ -262,7 +256,7 @@ class ZFLoRAModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Remove the zFLoRA layers and return the plain base model (weights untouched)."""
-        for path, _, layer in reversed(self._wrapped):
+        for path, layer in reversed(self._wrapped):
             set_submodule(self.model, path, layer.base)
         self._wrapped = []
         return self.model
