@@ -50,6 +50,31 @@ class Project:
         return out
 
 
+def wait_for_deployments(
+    project: Project, serve: subprocess.Popen, env: dict[str, str] | None = None
+) -> None:
+    """Poll `prefect deployment ls` until `flows.serve` has published the pipeline deployment."""
+    deadline = time.monotonic() + 180
+    while (
+        "zflora-pipeline/pipeline"
+        not in project.run(
+            str(BIN / "prefect"), "deployment", "ls", check=False, env=env or project.env
+        ).stdout
+    ):
+        assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "deployments were not served"
+        time.sleep(1)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def copy_project(dest: Path, params: str = "configs/smoke.yaml") -> Project:
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -113,25 +138,14 @@ def pipeline_run(tmp_path_factory):
         [sys.executable, "-m", "flows.serve"], cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 180
-        while (
-            "zflora-pipeline/pipeline"
-            not in project.run(str(BIN / "prefect"), "deployment", "ls", check=False).stdout
-        ):
-            assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "deployments were not served"
-            time.sleep(2)
+        wait_for_deployments(project, serve)
         start = time.perf_counter()
         out = project.run(sys.executable, "-c", TRIGGER, timeout=1800)
         project.seconds = time.perf_counter() - start
         project.result = json.loads(out.stdout.strip().splitlines()[-1])
         yield project
     finally:
-        serve.terminate()
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        stop_process(serve)
         log.close()
         project.run(sys.executable, "-m", "flows.warm", "stop", check=False)
         subprocess.run(

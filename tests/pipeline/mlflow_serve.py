@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .conftest import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -61,11 +63,7 @@ def mlflow_serve(model_uri: str, env: dict[str, str], cwd: Path, timeout: float 
             time.sleep(1)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
         log.close()
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, ROOT, copy_project
+from .conftest import ROOT, copy_project, stop_process, wait_for_deployments
 
 OTHER_UID = 4242
 IS_ROOT = os.getuid() == 0
@@ -393,21 +393,10 @@ def served(tmp_path_factory):
     auth = auth_file.read_text().strip() if auth_file.exists() else ""  # "": a server without auth
     client_env = {**project.env, "PREFECT_API_URL": f"{url}/api", "PREFECT_API_AUTH_STRING": auth}
     try:
-        deadline = time.monotonic() + 180
-        while (
-            "zflora-pipeline/pipeline"
-            not in project.run(str(BIN / "prefect"), "deployment", "ls", check=False, env=client_env).stdout
-        ):
-            assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "deployments were not served"
-            time.sleep(1)
+        wait_for_deployments(project, serve, client_env)
         yield {"project": project, "url": url, "auth": auth, "env": client_env, "dvc_log": log}
     finally:
-        serve.terminate()
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        stop_process(serve)
         serve_log.close()
         project.run(sys.executable, "-m", "flows.server", "stop", check=False)
 
