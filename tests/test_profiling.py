@@ -205,7 +205,8 @@ def test_switch_timing_really_switches_adapters(variants, prompt):
             torch.testing.assert_close(
                 logits(models["zflora-fused"], prompt), before["zflora-fused"], atol=1e-5, rtol=1e-4
             )
-            samplers["zflora-swap-from-disk"]()  # toggles on its own: the second adapter, read from its folder
+            # toggles on its own: the second adapter, read from its folder
+            samplers["zflora-swap-from-disk"]()
             torch.testing.assert_close(logits(models["zflora-fused"], prompt), unfused, atol=1e-5, rtol=1e-4)
     finally:
         from zflora.harness.profiling.measure import reset_adapters
