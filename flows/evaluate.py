@@ -1,4 +1,5 @@
-"""`evaluate` stage (matrix task x method): accuracy of one method on one task's test split.
+"""`evaluate` stage (matrix task x method): accuracy of one method on one task's test split
+(the first seed's model in every served form; the other seeds' models in their headline form).
 
 python -m flows.evaluate --task embedded-math --method zflora [--params params.yaml]
 """
@@ -18,7 +19,7 @@ from tasks.evaluation import evaluate
 from tasks.io import write_json
 from tasks.tracking import stage_run
 
-from .layout import BASE, METRICS, data_dir, eval_dir, train_dir
+from .layout import BASE, METRICS, SEEDS, data_dir, eval_dir, extra_seeds, train_dir
 from .stage import params_of, parser, run, user_errors_fail
 
 
@@ -36,10 +37,16 @@ def evaluate_flow(task: str, method: str, params_path: str = "params.yaml") -> d
             str(train_dir(task, method)),
             str(eval_dir(task, method)),
             **params.stage_settings("evaluate"),
+            other_seeds={
+                seed: (str(train_dir(task, method, 1, seed)), str(eval_dir(task, method) / SEEDS / str(seed)))
+                for seed in extra_seeds(train_dir(task, method))
+            },
         )
     write_json(METRICS / "eval" / task / f"{method}.json", result)
     score = {k: round(v, 4) for k, v in result.items() if k in ("accuracy", "rouge1", "rouge2", "rougeL")}
     print(f"{task}/{method}: {score} (forms agree on {100 * result['prediction_agreement']:.0f}%)")
+    if "seeds" in result:
+        print(f"{task}/{method}: score per seed {result['seeds']}, mean {result['score_mean']:.1f}")
     return result
 
 

@@ -9,19 +9,28 @@ BASE = ARTIFACTS / "base"
 PROFILE = ARTIFACTS / "profile"
 REPORTS = Path("reports")
 METRICS = Path("metrics")
-WORK = Path("work")  # training checkpoints: not a DVC output, so a killed stage can resume
+WORK = Path("work")
+SEEDS = "seeds"  # sub-folder of a train / eval folder holding the runs of the other seeds  # training checkpoints: not a DVC output, so a killed stage can resume
 
 
 def data_dir(task: str) -> Path:
     return ARTIFACTS / "data" / task
 
 
-def train_dir(task: str, method: str) -> Path:
-    return ARTIFACTS / "train" / task / method
+def tune_dir(method: str) -> Path:
+    return ARTIFACTS / "tune" / method
 
 
-def checkpoint_dir(task: str, method: str) -> Path:
-    return WORK / "checkpoints" / task / method
+def train_dir(task: str, method: str, seed_index: int = 0, seed: int | None = None) -> Path:
+    """The first seed's model at the method's folder (what fuse and the registry use); the
+    other seeds' in its seeds/<seed>/ sub-folders."""
+    root = ARTIFACTS / "train" / task / method
+    return root if seed_index == 0 else root / SEEDS / str(seed)
+
+
+def checkpoint_dir(task: str, method: str, seed_index: int = 0, seed: int | None = None) -> Path:
+    root = WORK / "checkpoints" / task / method
+    return root if seed_index == 0 else root.with_name(f"{method}-seed-{seed}")
 
 
 def fused_dir(task: str) -> Path:
@@ -30,3 +39,13 @@ def fused_dir(task: str) -> Path:
 
 def eval_dir(task: str, method: str) -> Path:
     return ARTIFACTS / "eval" / task / method
+
+
+def extra_seeds(train_root: Path) -> list[int]:
+    """Seeds of the other runs stored under a method's train folder (seeds/<seed>/), in order."""
+    folder = train_root / SEEDS
+    return (
+        sorted(int(p.name) for p in folder.iterdir() if p.name.lstrip("-").isdigit())
+        if folder.is_dir()
+        else []
+    )

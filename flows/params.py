@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zflora.errors import ZFLoRAError
 from zflora.harness.data import TASKS
 from zflora.harness.evaluate import EvaluateSettings
-from zflora.harness.methods import METHODS, AdapterSettings
+from zflora.harness.methods import DEFAULT_LEARNING_RATES, METHODS, TRAINED_METHODS, AdapterSettings
 from zflora.harness.profiling.settings import PRESETS, ProfileSettings
 from zflora.harness.tinybase import TinyBaseSettings
 from zflora.harness.train import TrainSettings
@@ -76,6 +76,9 @@ class DataParams(Section):
         None, description="folder with one sub-folder per task holding local data files"
     )
     train_size: int = Field(2000, gt=0)
+    validation_size: int = Field(
+        0, ge=0, description="examples carved from the training data for learning-rate selection"
+    )
     test_size: int = Field(120, gt=0)
     seed: int = 0
 
@@ -92,10 +95,38 @@ class DataParams(Section):
 
 class TrainParams(TrainSettings):
     """`train` stage (matrix task x method): the library's TrainSettings plus the methods to
-    compare; `base` trains nothing and records the base it is."""
+    compare and how many seeds; `base` trains nothing and records the base it is. Learning
+    rates come from the `tune` stage (tune.learning_rates), not from here."""
 
     model_config = ConfigDict(frozen=True)
     methods: list[str] = Field(min_length=1, description="methods to train and evaluate")
+    seeds: int = Field(
+        1,
+        gt=0,
+        description="train each method with seeds seed, seed+1, ...; scores are reported as the mean "
+        "and range; the first seed's model is the one fused and registered",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rates_come_from_tune(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "learning_rates" in data:
+            raise ValueError(
+                "learning rates are chosen by the tune stage: list candidates under "
+                "tune.learning_rates (one value: that rate, untuned)"
+            )
+        return data
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def with_learning_rate(self, method: str, rate: float | None, seed: int | None = None) -> TrainSettings:
+        """The library's TrainSettings for one run: this section with `method`'s selected rate."""
+        fields = self.model_dump(exclude={"methods", "seeds", "learning_rates"})
+        fields["learning_rates"] = {} if rate is None else {method: rate}
+        if seed is not None:
+            fields["seed"] = seed
+        return TrainSettings(**fields)
 
     @field_validator("methods")
     @classmethod
@@ -106,6 +137,41 @@ class TrainParams(TrainSettings):
         if len(set(methods)) != len(methods):
             raise ValueError(f"duplicate method in {methods}")
         return methods
+
+
+class TuneParams(Section):
+    """`tune` stage (one per method): learning-rate selection on the validation split
+    (data.validation_size examples carved from the training data; the test split is never
+    read). Each candidate trains on every tuned task; the best mean validation score wins."""
+
+    learning_rates: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="candidates per method; a method without a list trains at its default rate "
+        + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items())
+        + " (untuned); one value: that rate, untuned",
+    )
+    max_steps: int | None = Field(
+        None, gt=0, description="steps per candidate (default: the train section's budget)"
+    )
+    tasks: list[str] | None = Field(None, min_length=1, description="tasks to tune on (default: data.tasks)")
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _candidates(cls, rates: dict[str, list[float]]) -> dict[str, list[float]]:
+        for method, candidates in rates.items():
+            if method not in TRAINED_METHODS:
+                raise ValueError(
+                    f"learning rates for unknown or untrainable method {method!r}; "
+                    f"trainable methods are {list(TRAINED_METHODS)}"
+                )
+            if not candidates or not all(0 < rate < 1 for rate in candidates):
+                raise ValueError(f"{method}: list one or more learning rates in (0, 1), got {candidates}")
+            if len(set(candidates)) != len(candidates):
+                raise ValueError(f"{method}: duplicate learning rate in {candidates}")
+        return rates
+
+    def candidates(self, method: str) -> list[float]:
+        return self.learning_rates.get(method) or [DEFAULT_LEARNING_RATES[method]]
 
 
 class FuseParams(Section):
@@ -179,11 +245,25 @@ class Params(Section):
     data: DataParams
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
     train: TrainParams
+    tune: TuneParams = Field(default_factory=TuneParams)
     fuse: FuseParams = Field(default_factory=FuseParams)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     profile: ProfileParams = Field(default_factory=ProfileParams)
     report: ReportParams = Field(default_factory=ReportParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+    @model_validator(mode="after")
+    def _tuning_has_data(self) -> Params:
+        outside = [t for t in self.tune.tasks or [] if t not in self.data.tasks]
+        if outside:
+            raise ValueError(f"tune.tasks {outside} are not in data.tasks {self.data.tasks}")
+        tuned = [m for m in self.train.methods if len(self.tune.learning_rates.get(m, [])) > 1]
+        if tuned and not self.data.validation_size:
+            raise ValueError(
+                f"tune.learning_rates lists several candidates for {tuned}, which needs a validation "
+                "split: set data.validation_size > 0"
+            )
+        return self
 
     def stage_settings(self, stage: str) -> dict[str, Any]:
         """What a stage reads from params, by DVC stage name: the train and evaluate flows
@@ -192,9 +272,19 @@ class Params(Section):
         `tracking.experiment` only names where every stage logs, so it is not a dependency.
         """
         half = {"dtype": self.model.dtype, "trust_remote_code": self.model.trust_remote_code}
+        tune_train = self.train.model_copy(
+            update={"max_steps": self.tune.max_steps or self.train.max_steps, "seeds": 1}
+        )
         stages: dict[str, dict[str, Any]] = {
             "base": {"model": self.model},
             "prepare": {"data": self.data},
+            "tune": {
+                "tune": self.tune.model_copy(update={"tasks": self.tune.tasks or self.data.tasks}),
+                "train": tune_train,
+                "adapter": self.adapter,
+                "evaluate": self.evaluate,
+                **half,
+            },
             "train": {"train": self.train, "adapter": self.adapter, **half},
             "fuse": {"fuse": self.fuse, "tracking": self.tracking, "model": self.model},
             "evaluate": {"evaluate": self.evaluate, **half},

@@ -10,8 +10,8 @@ and reuses DVC's cache like `dvc repro`. Runs in one workspace are serialised wi
 lock: a second run waits for the first instead of tripping over DVC's own lock.
 
 A run that does not come from this command line (a deployment run, from the UI or the
-API) may override only the experiment knobs (UI_ALLOWED: adapter.*, train.*, evaluate.*,
-profile.*, data.train_size, data.test_size) plus what the operator allowed with
+API) may override only the experiment knobs (UI_ALLOWED: adapter.*, train.*, tune.*,
+evaluate.*, profile.*, data.train_size, data.validation_size, data.test_size) plus what the operator allowed with
 `python -m flows.serve --allow-param KEY`; `model.*` (which model, and whether its code
 runs) and `data.data_dir` need that. Every run's `targets` must be stage names of
 dvc.yaml. A refused run fails with one line and starts no DVC command.
@@ -39,7 +39,16 @@ from .stage import exit_code, fail, quiet_user_errors, run_with_api, user_errors
 
 LOCK_FILE = Path(".dvc") / "tmp" / "zflora-pipeline.lock"
 # what a deployment run (Prefect UI or API) may override; `flows.serve --allow-param` adds more
-UI_ALLOWED = ("adapter.*", "train.*", "evaluate.*", "profile.*", "data.train_size", "data.test_size")
+UI_ALLOWED = (
+    "adapter.*",
+    "train.*",
+    "tune.*",
+    "evaluate.*",
+    "profile.*",
+    "data.train_size",
+    "data.validation_size",
+    "data.test_size",
+)
 ALLOW_ENV = "ZFLORA_SERVE_ALLOW"  # set by flows.serve from its --allow-param options
 _KEY = re.compile(r"[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)+")
 ALLOW_PATTERN = re.compile(r"[a-z][a-z0-9_]*(\.[A-Za-z0-9_-]+)*(\.\*)?|\*")

@@ -1,4 +1,4 @@
-"""`prepare` stage (one per task): the task's train and test examples as JSONL.
+"""`prepare` stage (one per task): the task's train, validation and test examples as JSONL.
 
 python -m flows.prepare --task embedded-math [--params params.yaml]
 """
@@ -29,7 +29,8 @@ def prepare_flow(task: str, params_path: str = "params.yaml") -> dict:
     with stage_run("prepare", params.tracking.experiment, {"data": data}, tags={"task": task}):
         stats = prepare_task(task, data, str(data_dir(task)))
     print(
-        f"{task}: {stats['train_examples']} train / {stats['test_examples']} test examples -> {data_dir(task)}"
+        f"{task}: {stats['train_examples']} train / {stats['validation_examples']} validation / "
+        f"{stats['test_examples']} test examples -> {data_dir(task)}"
     )
     return stats
 

@@ -30,6 +30,7 @@ def report_flow(params_path: str = "params.yaml") -> dict:
         summary = build_report(
             str(ARTIFACTS / "eval"),
             str(ARTIFACTS / "train"),
+            str(ARTIFACTS / "tune"),
             str(PROFILE),
             params.data.tasks,
             params.train.methods,

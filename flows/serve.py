@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-STAGES = ("base", "prepare", "train", "fuse", "evaluate", "profile", "report")
+STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "profile", "report")
 
 
 def deployments() -> list:

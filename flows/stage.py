@@ -112,3 +112,12 @@ def run_with_api(flow: Any, api_url: str | None, **parameters: Any) -> Any:
 
 def params_of(params_path: str) -> Params:
     return load_params(params_path)
+
+
+def check_method_listed(params: Params, method: str, params_path: str) -> str:
+    """`method` must be one of train.methods (DVC only runs listed ones; a hand-run stage may not)."""
+    if method not in params.train.methods:
+        raise ZFLoRAError(
+            f"method {method!r} is not in train.methods {params.train.methods} of {params_path}"
+        )
+    return method

@@ -2,9 +2,13 @@
 
     python -m flows.train --task embedded-math --method zflora [--params params.yaml]
 
-Checkpoints go to work/checkpoints/<task>/<method> every `train.save_steps`; rerunning a
-killed stage resumes from the last complete one. Under `torchrun --nproc_per_node N` the
-same entry point trains with DDP (HF Trainer); only rank 0 writes.
+The learning rate is the tune stage's selection (artifacts/tune/<method>). With
+train.seeds = n the method trains n times (seeds seed ... seed+n-1): the first seed's
+model goes to artifacts/train/<task>/<method> (fused and registered), the others to its
+seeds/<seed>/ sub-folders. Checkpoints go to work/checkpoints/<task>/<method>[-seed-<s>]
+every `train.save_steps`; rerunning a killed stage resumes from the last complete one.
+Under `torchrun --nproc_per_node N` the same entry point trains with DDP (HF Trainer);
+only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -21,32 +25,40 @@ from prefect import flow
 from tasks.io import write_json
 from tasks.tracking import is_main_process, stage_run
 from tasks.training import train
+from tasks.tuning import selected_learning_rate
 
-from .layout import BASE, METRICS, checkpoint_dir, data_dir, train_dir
-from .stage import params_of, parser, run, user_errors_fail
+from .layout import BASE, METRICS, checkpoint_dir, data_dir, train_dir, tune_dir
+from .stage import check_method_listed, params_of, parser, run, user_errors_fail
 
 
 @flow(name="zflora-train", log_prints=True)
 @user_errors_fail
 def train_flow(task: str, method: str, params_path: str = "params.yaml") -> dict:
     params = params_of(params_path)
-    if method not in params.train.methods:
-        from zflora.errors import ZFLoRAError
-
-        raise ZFLoRAError(
-            f"method {method!r} is not in train.methods {params.train.methods} of {params_path}"
-        )
-    logged = {"train": params.train.to_dict(), "adapter": params.adapter.to_dict()}
+    check_method_listed(params, method, params_path)
+    settings = params.stage_settings("train")
+    section = settings.pop("train")
+    rate = selected_learning_rate(tune_dir(method))
+    seeds = section.seed_list() if method != "base" else section.seed_list()[:1]
+    logged = {"train": section.to_dict(), "adapter": params.adapter.to_dict(), "learning_rate": rate}
     with stage_run("train", params.tracking.experiment, logged, tags={"task": task, "method": method}):
-        summary = train(
-            task,
-            method,
-            str(BASE),
-            str(data_dir(task)),
-            str(train_dir(task, method)),
-            str(checkpoint_dir(task, method)),
-            **params.stage_settings("train"),
-        )
+        runs = [
+            train(
+                task,
+                method,
+                str(BASE),
+                str(data_dir(task)),
+                str(train_dir(task, method, index, seed)),
+                str(checkpoint_dir(task, method, index, seed)),
+                train=section.with_learning_rate(method, rate, seed),
+                **settings,
+                label="" if index == 0 else f"seed-{seed}",
+            )
+            for index, seed in enumerate(seeds)
+        ]
+    summary = runs[0]
+    if len(runs) > 1:
+        summary["seeds"] = {str(seed): run.get("final_loss") for seed, run in zip(seeds, runs)}
     if is_main_process():
         curve = summary.pop("loss_curve", [])
         write_json(

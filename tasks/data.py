@@ -1,4 +1,9 @@
-"""The `prepare` stage's task: materialise a task's train and test examples as JSONL."""
+"""The `prepare` stage's task: materialise a task's train, validation and test examples as JSONL.
+
+The validation split (data.validation_size examples) is carved from the task's training
+data, after the train_size training examples: learning rates are selected on it, so the
+test split is only ever read by the final evaluation.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +32,18 @@ def _options(task_name: str, data_params: dict[str, Any], size: int) -> dict[str
 
 @task(name="prepare-task-data")
 def prepare_task(task_name: str, data_params: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Write train.jsonl and test.jsonl (and stats.json) for one task; returns the stats."""
+    """Write train.jsonl, validation.jsonl and test.jsonl (and stats.json) for one task; returns the stats."""
     import mlflow
 
     spec = get_task(task_name)
-    train = spec.load("train", **_options(task_name, data_params, data_params["train_size"]))
+    wanted = data_params["train_size"] + data_params["validation_size"]
+    pool = spec.load("train", **_options(task_name, data_params, wanted))
+    train, validation = pool[: data_params["train_size"]], pool[data_params["train_size"] :]
+    if data_params["validation_size"] and not validation:
+        raise ZFLoRAError(
+            f"task {task_name!r} has only {len(pool)} training examples, none left for validation; "
+            "lower data.train_size or data.validation_size in params.yaml"
+        )
     try:
         test = spec.load("test", **_options(task_name, data_params, data_params["test_size"]))
     except ZFLoRAError as e:
@@ -50,13 +62,16 @@ def prepare_task(task_name: str, data_params: dict[str, Any], out_dir: str) -> d
         "metric": spec.metric,
         "source": spec.source,
         "train_examples": len(train),
+        "validation_examples": len(validation),
         "test_examples": len(test),
         "test_prompts_seen_in_train": overlap,
+        "validation_prompts_seen_in_train": len({e.prompt for e in validation} & {e.prompt for e in train}),
         "mean_prompt_chars": round(sum(len(e.prompt) for e in train) / len(train), 1),
         "mean_target_chars": round(sum(len(e.target) for e in train) / len(train), 1),
     }
     with atomic_dir(out_dir) as tmp:
         write_examples(tmp / "train.jsonl", train)
+        write_examples(tmp / "validation.jsonl", validation)
         write_examples(tmp / "test.jsonl", test)
         import json
 

@@ -8,35 +8,50 @@ from typing import Any
 
 from prefect import task
 
+from zflora.harness.evaluate import headline_score
 from zflora.method.atomic import atomic_dir
 
 from .io import read_json
 
-METHOD_ORDER = ("base", "lora", "zflora", "zflora-mha", "fft")
+METHOD_ORDER = ("base", "lora", "zflora", "lora-eqparams", "zflora-eqparams", "zflora-mha", "fft")
 
 
-def headline_score(metrics: dict[str, Any]) -> float:
-    """Accuracy, or ROUGE-L for summarisation, in percent."""
-    key = "accuracy" if metrics["metric"] == "accuracy" else "rougeL"
-    return 100.0 * metrics[key]
-
-
-def collect(eval_root: Path, train_root: Path, tasks: list[str], methods: list[str]) -> dict[str, Any]:
+def collect(
+    eval_root: Path, train_root: Path, tune_root: Path, tasks: list[str], methods: list[str]
+) -> dict[str, Any]:
+    """Per method: each task's score (the mean over seeds when there are several) and range,
+    forms agreement, trainable parameters, rank, and the learning rate with how it was chosen."""
     rows: dict[str, dict[str, Any]] = {}
     for method in methods:
-        row: dict[str, Any] = {"scores": {}, "agreement": {}, "trainable_parameters": None}
+        row: dict[str, Any] = {
+            "scores": {},
+            "ranges": {},
+            "seeds": 1,
+            "agreement": {},
+            "trainable_parameters": None,
+            "r": None,
+        }
         for task_name in tasks:
             metrics = read_json(
                 eval_root / task_name / method / "metrics.json", f"evaluation of {method} on {task_name}"
             )
-            row["scores"][task_name] = headline_score(metrics)
+            score = headline_score(metrics, metrics["metric"])
+            row["scores"][task_name] = metrics.get("score_mean", score)
+            row["ranges"][task_name] = [metrics.get("score_min", score), metrics.get("score_max", score)]
+            row["seeds"] = max(row["seeds"], len(metrics.get("seeds", {})))
             row["agreement"][task_name] = metrics["prediction_agreement"]
             row["metric"] = row.get("metric", {}) | {
                 task_name: "accuracy" if metrics["metric"] == "accuracy" else "ROUGE-L"
             }
             manifest = train_root / task_name / method / "method.json"
             if manifest.is_file():
-                row["trainable_parameters"] = read_json(manifest).get("trainable_parameters")
+                trained = read_json(manifest)
+                row["trainable_parameters"] = trained.get("trainable_parameters")
+                row["r"] = trained.get("r")
+        selection_file = tune_root / method / "selection.json"
+        selection = read_json(selection_file) if selection_file.is_file() else {}
+        row["learning_rate"] = selection.get("learning_rate")
+        row["lr_tuned"] = bool(selection.get("tuned"))
         row["average"] = sum(row["scores"].values()) / len(tasks)
         rows[method] = row
     return rows
@@ -46,17 +61,29 @@ def accuracy_markdown(rows: dict[str, Any], tasks: list[str], title: str) -> str
     metric_names = next(iter(rows.values()))["metric"]
     header = [
         "method",
+        "r",
         *[f"{t} ({metric_names[t]})" for t in tasks],
         "average",
         "trainable params",
+        "learning rate",
         "forms agree",
     ]
+    seeds = max(row["seeds"] for row in rows.values())
+    spread = (
+        f"Mean over {seeds} training seeds, [lowest, highest] in brackets. "
+        if seeds > 1
+        else "One training seed. "
+    )
     lines = [
         f"# {title}",
         "",
         "Scores in percent on each task's test split (greedy decoding). "
-        "LoRA is scored unmerged and merged, zFLoRA unfused and fused; 'forms agree' is the share of "
-        "test examples on which those forms produced the same completion.",
+        + spread
+        + "LoRA is scored unmerged and merged, zFLoRA unfused and fused (first seed); 'forms agree' is the "
+        "share of test examples on which those forms produced the same completion. Learning rates: "
+        "'validation' = selected on the validation split carved from the training data (the tune stage), "
+        "'fixed' = a single candidate. The -eqparams methods train at the rank whose trainable-parameter "
+        "count matches the other method's at the shared rank.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -64,15 +91,60 @@ def accuracy_markdown(rows: dict[str, Any], tasks: list[str], title: str) -> str
     for method, row in rows.items():
         params = row["trainable_parameters"]
         agreement = min(row["agreement"].values())
+        rate = row["learning_rate"]
         cells = [
             method,
-            *[f"{row['scores'][t]:.1f}" for t in tasks],
+            "-" if row["r"] is None else str(row["r"]),
+            *[_score_cell(row, t) for t in tasks],
             f"{row['average']:.1f}",
             "-" if params is None else f"{params:,}",
+            "-" if rate is None else f"{rate:g} ({'validation' if row['lr_tuned'] else 'fixed'})",
             f"{100 * agreement:.0f}%",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _score_cell(row: dict[str, Any], task_name: str) -> str:
+    low, high = row["ranges"][task_name]
+    cell = f"{row['scores'][task_name]:.1f}"
+    return cell if row["seeds"] == 1 else f"{cell} [{low:.1f}, {high:.1f}]"
+
+
+def tune_markdown(tune_root: Path, methods: list[str]) -> str:
+    """The tune stage's candidates and mean validation scores per method ('' when nothing was tuned)."""
+    lines = []
+    for method in methods:
+        path = tune_root / method / "selection.json"
+        selection = read_json(path) if path.is_file() else {}
+        if not selection.get("tuned"):
+            continue
+        cells = []
+        for rate, scores in selection["scores"].items():
+            mean = scores.get("mean")
+            text = "diverged" if mean is None else f"{mean:.1f}"
+            chosen = float(rate) == selection["learning_rate"]
+            cells.append(f"**{rate}: {text}**" if chosen else f"{rate}: {text}")
+        lines.append(
+            f"| {method} | {', '.join(selection['tasks'])} | {selection['steps']} | {'; '.join(cells)} |"
+        )
+    if not lines:
+        return ""
+    return (
+        "\n".join(
+            [
+                "",
+                "## Learning-rate selection (validation split)",
+                "",
+                "Mean validation score per candidate (first seed; steps: the budget per candidate, -1 = the train section's epochs); the selected one in bold.",
+                "",
+                "| method | tasks | steps | candidate: mean validation score |",
+                "|---|---|---|---|",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
 
 
 def accuracy_plot(rows: dict[str, Any], tasks: list[str], path: Path) -> None:
@@ -87,7 +159,12 @@ def accuracy_plot(rows: dict[str, Any], tasks: list[str], path: Path) -> None:
     for i, method in enumerate(methods):
         xs = [t + (i - (len(methods) - 1) / 2) * width for t in range(len(tasks))]
         ys = [rows[method]["scores"][task] for task in tasks]
-        bars = ax.bar(xs, ys, width, label=method)
+        errors = [
+            [y - rows[method]["ranges"][task][0] for task, y in zip(tasks, ys)],
+            [rows[method]["ranges"][task][1] - y for task, y in zip(tasks, ys)],
+        ]
+        seeded = rows[method]["seeds"] > 1
+        bars = ax.bar(xs, ys, width, label=method, yerr=errors if seeded else None, capsize=2)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(range(len(tasks)), [t.removeprefix("embedded-") for t in tasks])
     ax.set_ylabel("score (%)  accuracy / ROUGE-L")
@@ -103,6 +180,7 @@ def accuracy_plot(rows: dict[str, Any], tasks: list[str], path: Path) -> None:
 def build_report(
     eval_root: str,
     train_root: str,
+    tune_root: str,
     profile_root: str,
     tasks: list[str],
     methods: list[str],
@@ -115,9 +193,11 @@ def build_report(
     from .io import write_json
 
     methods = sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
-    rows = collect(Path(eval_root), Path(train_root), tasks, methods)
+    rows = collect(Path(eval_root), Path(train_root), Path(tune_root), tasks, methods)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "accuracy.md").write_text(accuracy_markdown(rows, tasks, title))
+        (tmp / "accuracy.md").write_text(
+            accuracy_markdown(rows, tasks, title) + tune_markdown(Path(tune_root), methods)
+        )
         write_json(tmp / "accuracy.json", rows)
         accuracy_plot(rows, tasks, tmp / "accuracy.png")
         latency = ["# Latency", ""]

@@ -30,8 +30,14 @@ def train(
     adapter: AdapterSettings,
     dtype: str,
     trust_remote_code: bool,
+    label: str = "",
 ) -> dict[str, Any]:
-    """Train `method` on the task's train.jsonl; out_dir gets the adapter / weights and method.json."""
+    """Train `method` on the task's train.jsonl; out_dir gets the adapter / weights and method.json.
+
+    `label` (e.g. 'seed-1') keeps another run in the same MLflow run apart: its metrics are
+    logged as '<label>/<name>' and its adapter under 'adapter/<label>'.
+    """
+    prefix = f"{label}/" if label else ""
     import mlflow
 
     base_manifest = read_json(Path(base_dir) / "base.json", "base model manifest")
@@ -66,7 +72,7 @@ def train(
     if not metrics.pop("is_main_process"):  # DDP: the main process saves and logs
         return {**metrics, "task": task_name}
     for step, loss in curve:
-        mlflow.log_metric("train_loss", loss, step=int(step))
+        mlflow.log_metric(f"{prefix}train_loss", loss, step=int(step))
     summary = {
         **metrics,
         "task": task_name,
@@ -75,8 +81,10 @@ def train(
     }
     write_json(Path(out_dir) / MANIFEST, summary)
     summary["loss_curve"] = [{"step": s, "loss": v} for s, v in curve]
-    log_numeric_metrics({k: v for k, v in summary.items() if k not in ("base_fingerprint", "loss_curve")})
-    log_json_artifact(summary, MANIFEST)
+    log_numeric_metrics(
+        {k: v for k, v in summary.items() if k not in ("base_fingerprint", "loss_curve")}, prefix
+    )
+    log_json_artifact(summary, MANIFEST, artifact_path=label or None)
     if method != "fft":  # adapters are small; full fft weights stay in DVC's cache only
-        mlflow.log_artifacts(out_dir, artifact_path="adapter")
+        mlflow.log_artifacts(out_dir, artifact_path=f"adapter/{label}" if label else "adapter")
     return summary

@@ -47,7 +47,11 @@ def with_change(path: str, value) -> dict:
         ("data.tasks", ["embedded-math", "gsm9k"], r"data.tasks: unknown task\(s\) \['gsm9k'\]"),
         ("data.tasks", [], r"data.tasks: List should have at least 1 item"),
         ("train.methods", ["base", "qlora"], r"train.methods: unknown method\(s\) \['qlora'\]"),
-        ("train.learning_rates", {"lora": 5}, r"learning rate of lora must be in \(0, 1\)"),
+        ("train.learning_rates", {"lora": 0.1}, r"learning rates are chosen by the tune stage"),
+        ("tune.learning_rates", {"lora": [0.1, 5]}, r"lora: list one or more learning rates in \(0, 1\)"),
+        ("tune.learning_rates", {"base": [0.1]}, r"untrainable method 'base'"),
+        ("tune.tasks", ["boolq"], r"tune.tasks \[.boolq.\] are not in data.tasks"),
+        ("train.seeds", 0, r"train.seeds: Input should be greater than 0"),
         (
             "model.tiny",
             {"hidden_size": 130, "num_heads": 4},

@@ -11,6 +11,7 @@ would keep stale cached results).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import yaml
 from flows.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("base", "prepare", "train", "fuse", "evaluate", "profile", "report")
+STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "profile", "report")
 NOT_A_DEPENDENCY = {"tracking.experiment"}  # names where results are logged, not what they are
 # another valid value for keys whose type alone does not give one
 OTHER_VALUE: dict[str, Any] = {
@@ -34,7 +35,8 @@ OTHER_VALUE: dict[str, Any] = {
     "data.tasks": ["embedded-math"],
     "data.data_dir": "data/local",
     "train.methods": ["base", "zflora"],
-    "train.learning_rates": {"zflora": 0.02},
+    "tune.learning_rates": {"zflora": [0.02, 0.04]},
+    "tune.tasks": ["embedded-math"],
     "train.lr_scheduler": "linear",
     "profile.targets": ["base"],
     "profile.dtype": "bfloat16",
@@ -64,6 +66,8 @@ def other_value(key: str, value: Any) -> Any:
         return value + 1
     if isinstance(value, float):
         return value * 0.5
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return [v * 0.5 for v in value]
     if value is None:
         return 7
     if isinstance(value, str):
@@ -87,7 +91,10 @@ def resolved(params: Params) -> dict[str, str]:
     def dump(value: Any) -> Any:
         return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
-    return {stage: repr({k: dump(v) for k, v in params.stage_settings(stage).items()}) for stage in STAGES}
+    return {
+        stage: json.dumps({k: dump(v) for k, v in params.stage_settings(stage).items()}, sort_keys=True)
+        for stage in STAGES
+    }
 
 
 def declared_params() -> dict[str, list[str]]:
@@ -103,6 +110,7 @@ BASELINE = load_params(ROOT / "params.yaml")
 DATA = BASELINE.model_dump(mode="json")
 for section in ("profile",):  # the profile section names its targets, never a preset or model
     DATA[section].pop("preset"), DATA[section].pop("model")
+DATA["train"].pop("learning_rates")  # the tune stage chooses them (tune.learning_rates)
 KEYS = [k for k in leaves(DATA) if k not in NOT_A_DEPENDENCY]
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 TASK = "embedded-math"
 MODEL = f"zflora-tiny-{TASK}"
 MULTITASK = "zflora-tiny"  # every task's adapter on one fused base
-STAGES = ("base", "prepare", "train", "fuse", "evaluate", "profile", "report")
+STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "profile", "report")
 PROMPT = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 
 
@@ -39,6 +39,21 @@ def test_ui_triggered_run_completes_as_a_dvc_experiment(pipeline_run):
         "reports/latency.md",
     ):
         assert (root / path).exists(), path
+    # the protocol: learning rate selected on the validation split, two seeds, mean and range
+    selection = json.loads((root / "artifacts/tune/zflora/selection.json").read_text())
+    assert selection["tuned"] and selection["learning_rate"] in (0.005, 0.01), selection
+    assert set(selection["scores"]) == {"0.005", "0.01"}, selection
+    assert (
+        json.loads((root / f"artifacts/train/{TASK}/zflora/method.json").read_text())["learning_rate"]
+        == (selection["learning_rate"])
+    )
+    assert (root / f"artifacts/train/{TASK}/zflora/seeds/1/adapter_model.safetensors").is_file()
+    metrics = json.loads((root / f"artifacts/eval/{TASK}/zflora/metrics.json").read_text())
+    assert set(metrics["seeds"]) == {"0", "1"}, metrics
+    assert metrics["score_min"] <= metrics["score_mean"] <= metrics["score_max"]
+    report = (root / "reports/accuracy.md").read_text()
+    assert "Mean over 2 training seeds" in report and "(validation)" in report and "(fixed)" in report
+    assert "Learning-rate selection" in report, report
     # the override went through `dvc exp run --set-param`: recorded as an experiment, applied to params
     experiments = pipeline_run.run("dvc", "exp", "list", "--all-commits", "--name-only").stdout.split()
     assert len(experiments) == 1, experiments

@@ -44,7 +44,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "zflora": ("zflora", "zflora-fused"),
     "zflora-mha": ("zflora-mha", "zflora-mha-fused"),
     "fft": ("fft",),
+    "lora-eqparams": ("lora-eqparams", "lora-eqparams-merged"),
+    "zflora-eqparams": ("zflora-eqparams", "zflora-eqparams-fused"),
 }
+
+
+def headline_score(metrics: dict[str, Any], metric: str) -> float:
+    """The number a task is compared on, in percent: accuracy, or ROUGE-L for summarisation."""
+    return 100.0 * metrics["accuracy" if metric == "accuracy" else "rougeL"]
 
 
 def build_variants(
@@ -53,13 +60,15 @@ def build_variants(
     artifact_dir: str | Path | None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    all_forms: bool = True,
 ) -> dict[str, tuple[nn.Module, Any]]:
-    """Every serving form of a trained method: {form: (model, tokenizer)}, built one base load each."""
+    """Every serving form of a trained method (or only its headline form):
+    {form: (model, tokenizer)}, built one base load each."""
     from zflora.method.loading import load_causal_lm
 
     check_method(method)
     models: dict[str, tuple[nn.Module, Any]] = {}
-    for variant in VARIANTS[method]:
+    for variant in VARIANTS[method] if all_forms else VARIANTS[method][:1]:
         if method == "fft":
             models[variant] = (
                 load_causal_lm(artifact_dir, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -134,11 +143,13 @@ def evaluate_method(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    all_forms: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate every serving form of `method` on `examples`; write predictions and metrics.json."""
+    """Evaluate every serving form of `method` (or only its headline form) on `examples`;
+    write predictions and metrics.json."""
     settings = settings or EvaluateSettings()
     examples = examples[: settings.limit] if settings.limit else examples
-    variants = build_variants(method, base_path, artifact_dir, dtype, trust_remote_code)
+    variants = build_variants(method, base_path, artifact_dir, dtype, trust_remote_code, all_forms)
     per_variant: dict[str, dict[str, float]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     for name, (model, tokenizer) in variants.items():
@@ -158,6 +169,7 @@ def evaluate_method(
         "metric": task.metric,
         "examples": len(examples),
         **{k: v for k, v in per_variant[headline].items() if k != "seconds"},
+        "score": headline_score(per_variant[headline], task.metric),
         "variants": per_variant,
         "prediction_agreement": agreement,
     }

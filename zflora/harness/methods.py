@@ -1,11 +1,15 @@
-"""One factory for every method the project compares: base, lora, zflora, zflora-mha, fft.
+"""One factory for every method the project compares: base, lora, zflora, zflora-mha, fft, and
+lora-eqparams / zflora-eqparams (the same methods at an equal trainable-parameter budget).
 
     model = zflora.harness.methods.prepare("lora", base_model, AdapterSettings(r=16))  # PEFT LoRA
     zflora.harness.methods.save_trained("lora", model, "out/lora")        # adapter or full weights
     model = zflora.harness.methods.load_trained("lora", "base_dir", "out/lora", merged=True)
 
 LoRA is HF PEFT on the same target modules (q/k/v/o/gate/up/down) and rank as zFLoRA;
-it is used, not re-implemented.
+it is used, not re-implemented. At equal rank LoRA trains more parameters than zFLoRA
+(r(in + out) per projection against r per reader output / writer input), so the
+`-eqparams` methods take the rank whose trainable count is closest to the other method's
+at `adapter.r`: `zflora-eqparams` has LoRA's budget, `lora-eqparams` has zFLoRA's.
 """
 
 from __future__ import annotations
@@ -21,12 +25,22 @@ from zflora.settings import Settings
 if TYPE_CHECKING:
     from torch import nn
 
-METHODS = ("base", "lora", "zflora", "zflora-mha", "fft")
-TRAINED_METHODS = ("lora", "zflora", "zflora-mha", "fft")
+METHODS = ("base", "lora", "zflora", "zflora-mha", "fft", "lora-eqparams", "zflora-eqparams")
+TRAINED_METHODS = METHODS[1:]
 # zflora-mha adapts the attention blocks only (the paper's zFLoRA-MHA variant)
-ZFLORA_BLOCKS = {"zflora": ("attn", "mlp"), "zflora-mha": ("attn",)}
+ZFLORA_BLOCKS = {"zflora": ("attn", "mlp"), "zflora-mha": ("attn",), "zflora-eqparams": ("attn", "mlp")}
+LORA_METHODS = ("lora", "lora-eqparams")
+# method at an equal parameter budget -> the method whose budget at adapter.r it matches
+EQUAL_BUDGET = {"lora-eqparams": "zflora", "zflora-eqparams": "lora"}
 # default learning rates per method (adapters tolerate far larger steps than full fine-tuning)
-DEFAULT_LEARNING_RATES = {"lora": 5e-3, "zflora": 1e-2, "zflora-mha": 1e-2, "fft": 1e-3}
+DEFAULT_LEARNING_RATES = {
+    "lora": 5e-3,
+    "zflora": 1e-2,
+    "zflora-mha": 1e-2,
+    "fft": 1e-3,
+    "lora-eqparams": 5e-3,
+    "zflora-eqparams": 1e-2,
+}
 
 
 def check_method(method: str) -> str:
@@ -65,11 +79,40 @@ class AdapterSettings(Settings):
             inference_mode=inference_mode,
         )
 
+    def for_method(self, method: str, model: nn.Module) -> AdapterSettings:
+        """These settings as `method` trains them: the -eqparams methods get the rank whose
+        trainable-parameter count on `model` is closest to their reference method's at `r`."""
+        if method not in EQUAL_BUDGET:
+            return self
+        budget = trainable_per_rank(EQUAL_BUDGET[method], model) * self.r
+        return self.model_copy(update={"r": max(1, round(budget / trainable_per_rank(method, model)))})
+
     def zflora_config(self, method: str, seed: int | None = None):
         """The ZFLoRAConfig of `method` (zflora: attn+mlp, zflora-mha: attn) with this rank and init."""
         from zflora.method.config import ZFLoRAConfig
 
         return ZFLoRAConfig(r=self.r, blocks=ZFLORA_BLOCKS[method], init_scale=self.init_scale, seed=seed)
+
+
+def trainable_per_rank(method: str, model: nn.Module) -> int:
+    """Trainable parameters per unit of rank of an adapter method on `model` (both are linear in r)."""
+    from zflora.method.architectures import adapter_shapes, layout_for
+
+    if method in LORA_METHODS:
+        layout = layout_for(model)
+        layers = model.get_submodule(layout.layers)
+        return sum(
+            sum(layer.get_submodule(path).weight.shape)
+            for layer in layers
+            for _, path in (*layout.readers, *layout.writers)
+        )
+    if method in ZFLORA_BLOCKS:
+        d = model.config.hidden_size
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        return sum(
+            rows * cols for rows, cols in adapter_shapes(model, ZFLORA_BLOCKS[method], 1, d, tied).values()
+        )
+    raise ZFLoRAError(f"method {method!r} has no rank")
 
 
 def prepare(
@@ -79,14 +122,15 @@ def prepare(
 
     base: all weights frozen (nothing to train). lora: a PEFT model with LoRA on
     q/k/v/o/gate/up/down. zflora / zflora-mha: a ZFLoRAModel (attn+mlp / attn only).
-    fft: every weight trainable. `adapter` sets the rank, LoRA alpha and zFLoRA init.
+    fft: every weight trainable. `adapter` sets the rank, LoRA alpha and zFLoRA init;
+    the -eqparams methods change the rank to match the other method's budget (for_method).
     """
     from zflora.method.architectures import layout_for
     from zflora.method.model import get_zflora_model
 
     check_method(method)
-    adapter = adapter or AdapterSettings()
     layout_for(model)  # same architecture support for every method, so comparisons are like for like
+    adapter = (adapter or AdapterSettings()).for_method(method, model)
     if method == "base":
         for param in model.parameters():
             param.requires_grad_(False)
@@ -95,7 +139,7 @@ def prepare(
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    if method == "lora":
+    if method in LORA_METHODS:
         from peft import get_peft_model
 
         return get_peft_model(model, adapter.lora_config(model))
@@ -136,7 +180,7 @@ def load_trained(
         return base
     if artifact_dir is None or not Path(artifact_dir).exists():
         raise ZFLoRAError(f"no trained {method} artifact at {str(artifact_dir)!r}; train the method first")
-    if method == "lora":
+    if method in LORA_METHODS:
         from peft import PeftModel
 
         peft_model = PeftModel.from_pretrained(base, str(artifact_dir))

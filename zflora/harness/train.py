@@ -40,6 +40,10 @@ IGNORE_INDEX = -100
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
+class TrainingDiverged(ZFLoRAError):
+    """The loss became non-finite: nothing was saved (learning-rate selection scores it as lost)."""
+
+
 class TrainSettings(Settings):
     """How to fine-tune: the same for every method, except the learning rate (per method)."""
 
@@ -167,7 +171,7 @@ def make_trainer_class():
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss).all():
                 step = self.state.global_step + 1
-                raise ZFLoRAError(
+                raise TrainingDiverged(
                     f"training diverged: loss is {loss.item()} at step {step}; lower the learning rate "
                     f"(now {self.args.learning_rate:g}) or check the data. No adapter was saved"
                 )
@@ -266,6 +270,7 @@ def train_method(
         examples,
         {"method": method, "dtype": dtype, "train": settings.to_dict(), "adapter": adapter.to_dict()},
     )
+    rank = None if method == "fft" else adapter.for_method(method, model).r
     model = prepare(method, model, adapter, seed=settings.seed)
     dataset = SupervisedDataset(examples, tokenizer, settings.max_seq_len)
 
@@ -314,7 +319,9 @@ def train_method(
         "train_seconds": round(seconds, 2),
         "train_examples": len(dataset),
         "learning_rate": settings.learning_rate(method),
+        "seed": settings.seed,
         "trainable_parameters": trainable,
+        **({} if rank is None else {"r": rank}),
         "final_loss": losses[-1][1] if losses else math.nan,
         "first_loss": losses[0][1] if losses else math.nan,
         "loss_curve": losses,

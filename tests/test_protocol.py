@@ -1,0 +1,180 @@
+"""The comparison protocol: equal-parameter-budget methods, learning-rate selection on a
+validation split carved from the training data, and several seeds reported as mean and range."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from zflora.harness import methods
+from zflora.harness.data import get_task
+from zflora.harness.evaluate import EvaluateSettings, build_variants
+from zflora.harness.train import TrainSettings, train_method
+from zflora.harness.tune import select_learning_rate
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_eqparams_methods_match_the_other_methods_budget(tied):
+    adapter = methods.AdapterSettings(r=8)
+    count = {
+        m: trainable(methods.prepare(m, tiny_model("llama", tied=tied), adapter))
+        for m in methods.METHODS[1:3]
+    }
+    for method, reference in methods.EQUAL_BUDGET.items():
+        base = tiny_model("llama", tied=tied)
+        per_rank = methods.trainable_per_rank(method, base)
+        matched = methods.prepare(method, base, adapter)
+        # the closest rank: within half a rank's worth of parameters of the reference budget
+        assert abs(trainable(matched) - count[reference]) <= per_rank / 2, (method, trainable(matched), count)
+        assert adapter.for_method(method, tiny_model("llama", tied=tied)).r != adapter.r
+    # the per-rank counts are what training really makes trainable
+    for method in ("lora", "zflora"):
+        assert count[method] == methods.trainable_per_rank(method, tiny_model("llama", tied=tied)) * 8
+
+
+@pytest.mark.parametrize("method", ["lora-eqparams", "zflora-eqparams"])
+def test_eqparams_methods_train_save_and_serve_in_every_form(method, model_dir, tmp_path):
+    examples = get_task("embedded-math").load("train", n=8, seed=0)
+    settings = TrainSettings(max_steps=2, batch_size=4, save_steps=100)
+    adapter = methods.AdapterSettings(r=4)
+    summary = train_method(model_dir, examples, tmp_path / "out", method, settings, adapter, progress=False)
+    assert summary["r"] == adapter.for_method(method, tiny_model("llama", tied=True)).r != 4
+    forms = build_variants(method, model_dir, tmp_path / "out")
+    assert list(forms) == [method, f"{method}-{'merged' if method.startswith('lora') else 'fused'}"]
+    ids = torch.randint(3, 90, (1, 10))
+    (first, _), (second, _) = forms.values()
+    with torch.no_grad():
+        a, b = first(input_ids=ids).logits, second(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_learning_rate_selection_reads_validation_and_skips_diverged_candidates(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    import zflora.harness.tune as tune
+    from zflora.harness.train import TrainingDiverged
+
+    task = get_task("embedded-math")
+    pool = task.load("train", n=24, seed=0)
+    data = {"embedded-math": (pool[:16], pool[16:])}
+    validation_seen = []
+    real_train, real_evaluate = tune.train_method, tune.evaluate_examples
+
+    def diverging_at_09(base, examples, out, method, settings, **kwargs):
+        if settings.learning_rate(method) == 0.9:  # (training's own check is tested in test_reliability)
+            raise TrainingDiverged("training diverged: loss is nan at step 3")
+        return real_train(base, examples, out, method, settings, **kwargs)
+
+    def recording(model, tokenizer, spec, examples, *args):
+        validation_seen.append([e.prompt for e in examples])
+        return real_evaluate(model, tokenizer, spec, examples, *args)
+
+    monkeypatch.setattr(tune, "train_method", diverging_at_09)
+    monkeypatch.setattr(tune, "evaluate_examples", recording)
+    settings = TrainSettings(max_steps=4, batch_size=4, save_steps=100)
+    result = select_learning_rate(
+        model_dir,
+        "zflora",
+        [0.9, 1e-3, 3e-2],
+        data,
+        settings,
+        evaluate=EvaluateSettings(max_new_tokens=8),  # the tiny model's context is 128 tokens
+        work_dir=tmp_path / "tune",
+        progress=False,
+    )
+    assert result["tuned"] and result["diverged"] == [0.9], result
+    assert result["scores"]["0.9"] == {"mean": None}
+    means = {float(k): v["mean"] for k, v in result["scores"].items() if v["mean"] is not None}
+    assert set(means) == {1e-3, 3e-2}
+    assert result["learning_rate"] == max(means, key=lambda rate: (means[rate], -list(means).index(rate)))
+    assert validation_seen == [[e.prompt for e in pool[16:]]] * 2  # scored on validation only
+    assert not any((tmp_path / "tune").rglob("*.safetensors"))  # candidates are not kept
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_one_candidate_trains_nothing_and_no_validation_is_an_error(tmp_path):
+    result = select_learning_rate("no-such-base", "lora", [2e-3], {}, work_dir=tmp_path)
+    assert result == {**result, "learning_rate": 2e-3, "tuned": False, "scores": {}}
+    from zflora.errors import ZFLoRAError
+
+    with pytest.raises(ZFLoRAError, match="set data.validation_size > 0"):
+        select_learning_rate(
+            "no-such-base", "lora", [1e-3, 2e-3], {"embedded-math": ([], [])}, work_dir=tmp_path
+        )
+
+
+def test_prepare_carves_validation_from_training_data(tmp_path, monkeypatch):
+    from tasks.data import prepare_task
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    import mlflow
+
+    params = {"train_size": 30, "validation_size": 10, "test_size": 10, "seed": 0, "data_dir": None}
+    with mlflow.start_run():
+        stats = prepare_task.fn("embedded-math", params, str(tmp_path / "data"))
+    rows = {
+        split: [json.loads(line) for line in (tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()]
+        for split in ("train", "validation", "test")
+    }
+    assert [len(rows[s]) for s in ("train", "validation", "test")] == [30, 10, 10]
+    assert stats["validation_examples"] == 10
+    # the validation rows are the training pool's next rows: training data, never test data
+    pool = get_task("embedded-math").load("train", n=40, seed=0)
+    assert [r["prompt"] for r in rows["train"] + rows["validation"]] == [e.prompt for e in pool]
+    assert not {r["prompt"] for r in rows["validation"]} & {r["prompt"] for r in rows["test"]}
+
+
+def test_report_shows_seed_means_ranges_and_how_each_rate_was_chosen(tmp_path):
+    from tasks.report import accuracy_markdown, collect, tune_markdown
+
+    def put(path, data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    put(
+        tmp_path / "eval/t/base/metrics.json",
+        {"metric": "accuracy", "accuracy": 0.1, "prediction_agreement": 1.0},
+    )
+    put(
+        tmp_path / "eval/t/zflora/metrics.json",
+        {
+            "metric": "accuracy",
+            "accuracy": 0.7,
+            "prediction_agreement": 1.0,
+            "seeds": {"0": 70.0, "1": 80.0},
+            "score_mean": 75.0,
+            "score_min": 70.0,
+            "score_max": 80.0,
+        },
+    )
+    put(tmp_path / "train/t/zflora/method.json", {"trainable_parameters": 1234, "r": 16})
+    put(tmp_path / "tune/base/selection.json", {"learning_rate": None, "tuned": False})
+    put(
+        tmp_path / "tune/zflora/selection.json",
+        {
+            "learning_rate": 0.01,
+            "tuned": True,
+            "tasks": ["t"],
+            "steps": -1,
+            "scores": {
+                "0.005": {"t": 60.0, "mean": 60.0},
+                "0.01": {"t": 65.0, "mean": 65.0},
+                "0.02": {"mean": None},
+            },
+        },
+    )
+    rows = collect(tmp_path / "eval", tmp_path / "train", tmp_path / "tune", ["t"], ["base", "zflora"])
+    assert rows["zflora"]["scores"]["t"] == 75.0 and rows["zflora"]["ranges"]["t"] == [70.0, 80.0]
+    table = accuracy_markdown(rows, ["t"], "title")
+    assert "Mean over 2 training seeds" in table
+    assert "| zflora | 16 | 75.0 [70.0, 80.0] | 75.0 | 1,234 | 0.01 (validation) | 100% |" in table
+    assert "| base | - | 10.0 | 10.0 | - | - | 100% |" in table
+    tuned = tune_markdown(tmp_path / "tune", ["base", "zflora"])
+    assert "0.005: 60.0; **0.01: 65.0**; 0.02: diverged" in tuned and "| base |" not in tuned
