@@ -34,7 +34,10 @@ def set_params(project: Project, **changes) -> None:
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(project):
-    set_params(project, **{"train.max_steps": 400, "train.save_steps": 5, "train.logging_steps": 5})
+    set_params(
+        project,
+        **{"train.max_steps": 400, "train.save_steps": 5, "train.logging_steps": 5, "train.seeds": 1},
+    )
     stage = f"train@{TASK}-zflora"
     checkpoints = project.root / "work" / "checkpoints" / TASK / "zflora"
     process = subprocess.Popen(
