@@ -73,6 +73,7 @@ def test_editing_an_imported_file_marks_its_stage_changed(pipeline_run):
     edits = {
         "base": "flows/base.py",
         "prepare": "tasks/data.py",
+        "tune": "flows/tune.py",
         "train": "zflora/harness/train.py",
         "fuse": "tasks/fusion.py",
         "evaluate": "tasks/evaluation.py",
