@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,6 +168,13 @@ def test_variants_compute_the_claimed_functions(variants, prompt):
     assert checks["zflora"]["differs_from_base"] > 1e-3
 
 
+def test_every_timed_model_is_frozen_alike(variants):
+    # a fused model built fresh requires grad, the base wrapped by PEFT/zFLoRA does not: torch.matmul
+    # then takes different kernels for the LM head's last-position slice at batch > 1
+    for name, model in variants.models.items():
+        assert not any(p.requires_grad for p in model.parameters()), name
+
+
 def test_memory_counts_shared_weights_once(variants, prompt):
     sizes = {name: weight_bytes(model) for name, model in variants.models.items()}
     assert sizes["lora-merged"] == sizes["base"]
@@ -226,6 +234,14 @@ def test_a_local_model_directory_is_profiled_as_saved(tmp_path, prompt):
     assert settings.source == str(tmp_path / "tiny")
     loaded = build_base_model(settings, torch.device("cpu"), torch.float32)
     torch.testing.assert_close(logits(loaded, prompt), logits(base, prompt))
+    maps = Path("/proc/self/maps")
+    if maps.is_file():  # Linux: no weight is read from the mapped safetensors file (see in_process_memory)
+        mapped = [
+            [int(a, 16) for a in line.split()[0].split("-")]
+            for line in maps.read_text().splitlines()
+            if line.endswith(".safetensors")
+        ]
+        assert not any(start <= p.data_ptr() < end for p in loaded.parameters() for start, end in mapped)
     with pytest.raises(zflora.ZFLoRAError, match="presets only"):
         ProfileSettings(model=str(tmp_path / "tiny"), layers=1)
 

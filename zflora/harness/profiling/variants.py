@@ -15,7 +15,8 @@
 Models that do not change weights share the base's parameter tensors (no copy): a
 1B-shape model then costs its weights once, plus a copy of the LoRA-merged layers and
 the widened fused model. Every adapter matrix is random and non-zero (PEFT's LoRA B and
-zFLoRA's writers start at zero) so no variant can skip work.
+zFLoRA's writers start at zero) so no variant can skip work. No parameter of a timed
+model requires grad (the same inference state for all: see the end of build_variants).
 """
 
 from __future__ import annotations
@@ -76,12 +77,27 @@ def randomize_(model: nn.Module, seed: int, std: float = INIT_STD) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def in_process_memory(model: nn.Module) -> nn.Module:
+    """Copy every parameter into memory of this process, in place (tied parameters stay tied).
+
+    from_pretrained leaves CPU weights in a private mapping of the safetensors file; every
+    variant built by copying (merged LoRA's layers, the fused model) lives in ordinary
+    allocations. On SmolLM2-135M (decode b=4, 1 thread; benchmarks/base_memory.py) the mapped
+    base ran 5 % slower than the same weights copied, so the base is copied too and all
+    variants read the same kind of memory.
+    """
+    for param in model.parameters():  # a tied weight is one Parameter: copied once
+        param.data = param.data.clone()
+    return model
+
+
 def build_base_model(settings: ProfileSettings, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The base causal LM: a preset with random weights (fast: no init pass), or a local directory."""
     if settings.model is not None:
         model, _ = load_causal_lm(settings.model, dtype=dtype, device=device, with_tokenizer=False)
         layout_for(model)  # an unsupported architecture fails here, naming the supported ones
-        return model.eval()
+        return (in_process_memory(model) if device.type == "cpu" else model).eval()
     from transformers import LlamaForCausalLM
     from transformers.initialization import no_init_weights
 
@@ -204,6 +220,14 @@ def build_variants(
                     fuse_adapter(zm, ADAPTERS[0], multiple=multiple),
                     f"zFLoRA fused, width padded to a multiple of {multiple}: hidden size {d}+{padded}",
                 )
+    # Inference state, the same for every timed model: no parameter requires grad. PEFT and
+    # ZFLoRAModel freeze the base parameters they wrap (shared with the base), while a freshly
+    # built fused model's require grad; torch.matmul folds the LM head's non-contiguous
+    # (b, 1, d) input (the last-position slice of logits_to_keep=1 at b > 1) into one GEMM only
+    # when the weight requires grad, else it runs b GEMVs: at SmolLM2-135M, b=4, the frozen
+    # head took 40 ms against 17 ms (benchmarks/base_memory.py), a bias unrelated to zFLoRA.
+    for model in vs.models.values():
+        model.requires_grad_(False)
     return vs
 
 
