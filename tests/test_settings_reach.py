@@ -68,3 +68,17 @@ def test_a_checkpoint_resumes_only_onto_the_same_base(model_dir, tmp_path):
     assert replaced != key
     assert prepare_work_dir(work, replaced) is None  # another base at the same path: start over
     assert not (work / "checkpoint-5").exists()
+
+
+@pytest.mark.parametrize("state", ["", '{"global_st', "[]"], ids=["empty", "cut-short", "not-a-state"])
+def test_a_checkpoint_cut_off_while_its_state_was_written_is_not_resumed(tmp_path, state):
+    """A kill can land while trainer_state.json is written: resume from the checkpoint before it."""
+    from zflora.harness.train import prepare_work_dir
+
+    work = tmp_path / "work"
+    assert prepare_work_dir(work, "run") is None
+    for step, text in ((5, json.dumps({"global_step": 5})), (10, state)):
+        (work / f"checkpoint-{step}").mkdir()
+        (work / f"checkpoint-{step}" / "trainer_state.json").write_text(text)
+    assert prepare_work_dir(work, "run") == work / "checkpoint-5"
+    assert not (work / "checkpoint-10").exists()  # the broken one is removed, not trained over

@@ -18,6 +18,8 @@ import time
 import pytest
 import yaml
 
+from zflora.harness.train import checkpoint_step, last_complete_checkpoint
+
 from .conftest import Project
 
 pytestmark = pytest.mark.slow
@@ -49,15 +51,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(project):
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+    while (complete := last_complete_checkpoint(checkpoints)) is None:
         assert process.poll() is None, "training ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
+    # the kill may land while a later checkpoint is being written: resume must skip that one
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    killed_at = max(
-        int(p.parent.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*/trainer_state.json")
-    )
+    killed_at = checkpoint_step(complete)
     out_dir = project.root / "artifacts" / "train" / TASK / "zflora"
     assert not (out_dir / "method.json").exists()  # nothing half-written for DVC to cache
 

@@ -194,17 +194,30 @@ def run_fingerprint(base: dict[str, Any], examples: list[Any], parts: dict[str, 
     return digest.hexdigest()[:16]
 
 
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """Trainer writes trainer_state.json last: a checkpoint is whole once that file parses.
+
+    A kill can land while the file is being written, leaving it empty or cut short; such a
+    checkpoint is as incomplete as one without the file.
+    """
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    suffix = checkpoint.name[len(CHECKPOINT_PREFIX) :]
+    return int(suffix) if suffix.isdigit() else -1
+
+
 def last_complete_checkpoint(work_dir: Path) -> Path | None:
-    """The newest checkpoint whose trainer state was written (the last file Trainer writes)."""
+    """The newest complete checkpoint (see `checkpoint_is_complete`)."""
     if not work_dir.is_dir():
         return None
-    done = [p for p in work_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").is_file()]
-    done.sort(
-        key=lambda p: (
-            int(p.name[len(CHECKPOINT_PREFIX) :]) if p.name[len(CHECKPOINT_PREFIX) :].isdigit() else -1
-        )
-    )
-    return done[-1] if done else None
+    done = [p for p in work_dir.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_is_complete(p)]
+    return max(done, key=checkpoint_step) if done else None
 
 
 def prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
@@ -222,7 +235,7 @@ def prepare_work_dir(work_dir: Path, fingerprint: str) -> Path | None:
         if same:
             resume = last_complete_checkpoint(work_dir)
             for partial in work_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-                if partial != resume and not (partial / "trainer_state.json").is_file():
+                if partial != resume and not checkpoint_is_complete(partial):
                     shutil.rmtree(partial, ignore_errors=True)  # a checkpoint cut off by a kill
             return resume
         shutil.rmtree(work_dir)
