@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zflora.harness.profiling import ProfileSettings, run_profile  # noqa: E402
+from zflora.harness.profiling import ProfileSettings, ratio_interval, run_profile  # noqa: E402
 from zflora.harness.profiling.report import describe_model, markdown_report  # noqa: E402
 from zflora.method.atomic import atomic_file  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWITCH_TARGET = 20.0  # zFLoRA swap at least this many times faster than PEFT's merged-adapter switch
+
+
+def print_ratios(samples: dict[str, list[float]], reference: str | None = None, width: int = 18) -> None:
+    """One line per variant: median ms, ratio of medians to `reference` (default: the first
+    variant) with its 95 % paired bootstrap interval, and the ratio of minimums."""
+    ref = samples[reference] if reference is not None else next(iter(samples.values()))
+    for name, values in samples.items():
+        ratio = ratio_interval(values, ref)
+        print(
+            f"{name:{width}s} {statistics.median(values):8.2f} ms  x{ratio['ratio']:.3f} "
+            f"[{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]  min-ratio x{min(values) / min(ref):.3f}"
+        )
 
 
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:

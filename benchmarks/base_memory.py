@@ -36,7 +36,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zflora.harness.profiling import ratio_interval, round_robin  # noqa: E402
+from _common import print_ratios  # noqa: E402
+
+from zflora.harness.profiling import round_robin  # noqa: E402
 from zflora.harness.profiling.measure import decode_sampler, prefill_sampler  # noqa: E402
 from zflora.harness.profiling.timing import Clock  # noqa: E402
 from zflora.harness.profiling.variants import share_weights  # noqa: E402
@@ -125,13 +127,7 @@ def main() -> None:
     print(
         f"parameter bytes in a safetensors mapping: mapped {mapped_fraction(mapped):.0%}, copied {mapped_fraction(copied):.0%}"
     )
-    first = next(iter(samples.values()))
-    for name, values in samples.items():
-        ratio = ratio_interval(values, first)
-        print(
-            f"{name:22s} {statistics.median(values):8.2f} ms  x{ratio['ratio']:.3f} "
-            f"[{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]"
-        )
+    print_ratios(samples, width=22)
     print(
         f"LM head alone on the last-position slice ({args.batch_size}, 1, {head.shape[1]}) of a "
         f"({args.batch_size}, {args.prompt_length}, {head.shape[1]}) stream, median of 10: "

@@ -31,7 +31,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zflora.harness.profiling import ProfileSettings, build_variants, ratio_interval, round_robin  # noqa: E402
+from _common import print_ratios  # noqa: E402
+
+from zflora.harness.profiling import ProfileSettings, build_variants, round_robin  # noqa: E402
 from zflora.harness.profiling.measure import decode_sampler, prefill_sampler  # noqa: E402
 from zflora.harness.profiling.timing import Clock  # noqa: E402
 from zflora.harness.profiling.variants import ADAPTERS  # noqa: E402
@@ -110,12 +112,7 @@ def main() -> None:
         f"{args.clock} clock, torch {torch.__version__}, {args.repeats} repeats, "
         f"{time.perf_counter() - started:.0f} s; {what}"
     )
-    for name, values in samples.items():
-        ratio = ratio_interval(values, samples["base"])
-        print(
-            f"{name:18s} {sorted(values)[len(values) // 2]:8.1f} ms  x{ratio['ratio']:.3f} "
-            f"[{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]  min-ratio x{min(values) / min(samples['base']):.3f}"
-        )
+    print_ratios(samples, "base")
 
 
 if __name__ == "__main__":

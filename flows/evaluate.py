@@ -38,7 +38,7 @@ def evaluate_flow(task: str, method: str, params_path: str = "params.yaml") -> d
             str(eval_dir(task, method)),
             **params.stage_settings("evaluate"),
             other_seeds={
-                seed: (str(train_dir(task, method, 1, seed)), str(eval_dir(task, method) / SEEDS / str(seed)))
+                seed: (str(train_dir(task, method, seed)), str(eval_dir(task, method) / SEEDS / str(seed)))
                 for seed in extra_seeds(train_dir(task, method))
             },
         )

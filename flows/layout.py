@@ -21,16 +21,16 @@ def tune_dir(method: str) -> Path:
     return ARTIFACTS / "tune" / method
 
 
-def train_dir(task: str, method: str, seed_index: int = 0, seed: int | None = None) -> Path:
-    """The first seed's model at the method's folder (what fuse and the registry use); the
-    other seeds' in its seeds/<seed>/ sub-folders."""
+def train_dir(task: str, method: str, extra_seed: int | None = None) -> Path:
+    """The first seed's model at the method's folder (what fuse and the registry use); another
+    seed's (`extra_seed`) in its seeds/<seed>/ sub-folder."""
     root = ARTIFACTS / "train" / task / method
-    return root if seed_index == 0 else root / SEEDS / str(seed)
+    return root if extra_seed is None else root / SEEDS / str(extra_seed)
 
 
-def checkpoint_dir(task: str, method: str, seed_index: int = 0, seed: int | None = None) -> Path:
+def checkpoint_dir(task: str, method: str, extra_seed: int | None = None) -> Path:
     root = WORK / "checkpoints" / task / method
-    return root if seed_index == 0 else root.with_name(f"{method}-seed-{seed}")
+    return root if extra_seed is None else root.with_name(f"{method}-seed-{extra_seed}")
 
 
 def fused_dir(task: str) -> Path:
