@@ -125,6 +125,8 @@ def test_save_and_load_round_trip_holds_no_pickle(setup, tmp_path):
     assert sorted(read_manifest(path)["tasks"]) == sorted(TASKS)
     loaded = zflora.MultiTaskModel.from_directory(path)
     assert loaded.tasks == sorted(TASKS) and loaded.model.config.zflora["adapter"] is None
+    # served frozen, like PEFT's inference models (serving benchmarks compare the two)
+    assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
     rows = [(PROMPTS[0], "sum"), (PROMPTS[1], None), (PROMPTS[2], "chat")]
     expected = [setup["reference"][t][p] for p, t in rows]
     assert loaded.generate([p for p, _ in rows], [t for _, t in rows], max_new_tokens=NEW) == expected

@@ -82,7 +82,9 @@ class MultiTaskModel:
             fused, loaded = load_causal_lm(fused)
             tokenizer = tokenizer if tokenizer is not None else loaded
         self.meta = dict(fused_meta(fused))
-        self.model = fused
+        # a serving object: frozen and in eval mode (parameters that require grad also make
+        # torch pick other GEMM paths for some shapes, a cost PEFT's frozen models do not pay)
+        self.model = fused.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self._lock = threading.RLock()
         device = next(fused.parameters()).device
