@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -122,6 +123,27 @@ def test_atomic_dir_keeps_the_old_output_when_writing_fails(tmp_path):
             raise RuntimeError("killed")
     assert (target / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_outputs_get_the_umask_permissions_not_the_temporary_files(tmp_path, umask):
+    """tempfile creates 0700 dirs and 0600 files; outputs (adapters, fused models, GGUF
+    exports) are for other users and runtimes too, like any file that `open` creates."""
+    old = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("x")
+        with atomic_file(tmp_path / "model.gguf", "wb") as handle:
+            handle.write(b"x")
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        (plain / "b.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "out") == mode(plain) == 0o777 & ~umask
+    assert mode(tmp_path / "model.gguf") == mode(plain / "b.txt") == 0o666 & ~umask
+    assert mode(tmp_path / "out" / "a.txt") == 0o666 & ~umask
 
 
 def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -1,7 +1,10 @@
 """Atomic writes: build output under a temporary sibling path, then rename it into place.
 
 A killed process leaves either the old output or the new one, never a half-written one
-that DVC could cache or a later stage could read.
+that DVC could cache or a later stage could read. The output gets the permissions a plain
+`open`/`mkdir` would give it under the process umask (the temporary names are created
+private by `tempfile`); files that must stay private are written elsewhere with explicit
+modes.
 """
 
 from __future__ import annotations
@@ -14,12 +17,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `path` in one rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if target.exists() or target.is_symlink():
@@ -40,6 +57,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         with open(tmp, mode, **kwargs) as handle:
