@@ -11,7 +11,12 @@ the checkpoint's own tokenizer go to both runtimes: transformers on the fused ch
 own tokenizer (the one written into the GGUF) produces the same ids for the rendered text;
 the largest absolute difference of the last position's logits, next to the largest logit;
 and how many of `--tokens` greedy tokens per prompt agree (greedy decoding with the KV
-cache on both sides, past end-of-turn). Writes nothing; prints a markdown table.
+cache on both sides, past end-of-turn). Writes nothing; prints markdown tables.
+
+`--latency BASE.gguf:FUSED.gguf` (repeatable) also times llama.cpp itself on each pair: a
+prefill of `--prompt-length` tokens and `--decode-tokens` greedy tokens after it, the two
+models interleaved for `--repeats` rounds, medians and the fused/base ratio (export the
+base checkpoint with the same `--dtype` as the fused one).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -65,6 +71,30 @@ def llama_cpp_run(llm, ids: list[int], tokens: int) -> tuple[np.ndarray, list[in
     return first, generated
 
 
+def time_pair(llama_cls, paths: list[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median prefill ms and decode ms/token of each GGUF in `paths`, interleaved round-robin."""
+    models = {
+        p: llama_cls(model_path=p, n_ctx=512, logits_all=False, n_threads=args.threads, verbose=False)
+        for p in paths
+    }
+    prompt = [(7 * i + 100) % 1000 + 10 for i in range(args.prompt_length)]  # fixed ordinary token ids
+    samples: dict[str, dict[str, list[float]]] = {p: {"prefill": [], "decode": []} for p in paths}
+    for round_ in range(args.repeats + 1):  # the first round warms up
+        for p in paths if round_ % 2 == 0 else reversed(paths):
+            llm = models[p]
+            llm.reset()
+            start = time.perf_counter()
+            llm.eval(prompt)
+            prefilled = time.perf_counter()
+            for _ in range(args.decode_tokens):
+                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+            done = time.perf_counter()
+            if round_:
+                samples[p]["prefill"].append(1000 * (prefilled - start))
+                samples[p]["decode"].append(1000 * (done - prefilled) / args.decode_tokens)
+    return {p: {k: statistics.median(v) for k, v in kinds.items()} for p, kinds in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -77,6 +107,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="how many prompts of --data")
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency", nargs="*", default=[], metavar="BASE:FUSED", help="GGUF pairs to time")
+    parser.add_argument("--prompt-length", type=int, default=128)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     try:
         from llama_cpp import Llama
@@ -125,6 +159,23 @@ def main() -> None:
             f"{max(diffs):.3g} ({max(scale):.1f}) | {agree}/{len(ids) * args.tokens} |"
         )
         del llm
+    if args.latency:
+        print()
+        print(
+            f"llama.cpp latency: prefill of {args.prompt_length} tokens (ms), then {args.decode_tokens} greedy "
+            f"tokens (ms per token); median of {args.repeats} interleaved rounds after one warm-up, {args.threads} threads"
+        )
+        print()
+        print("| base | fused | prefill base / fused (ratio) | decode base / fused (ratio) |")
+        print("|---|---|---|---|")
+    for pair in args.latency:
+        base, fused = pair.split(":")
+        t = time_pair(Llama, [base, fused], args)
+        b, f = t[base], t[fused]
+        print(
+            f"| {Path(base).name} | {Path(fused).name} | {b['prefill']:.1f} / {f['prefill']:.1f} "
+            f"(x{f['prefill'] / b['prefill']:.3f}) | {b['decode']:.2f} / {f['decode']:.2f} (x{f['decode'] / b['decode']:.3f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -298,6 +298,51 @@ def test_fused_model_round_trips_through_gguf(tmp_path, family, tied):
     assert greedy(stock, ids) == greedy(fused, ids)
 
 
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_a_padded_export_gives_the_same_logits_at_an_aligned_width(tmp_path, tied):
+    """--pad-multiple widens the stream with zero channels (llama.cpp's kernels want aligned rows);
+    norm gains and eps are rescaled, so the logits stay the fused model's."""
+    fused, tokenizer = _fused_checkpoint(tmp_path, tied=tied)
+    out = tmp_path / "padded.gguf"
+    summary = export_gguf(tmp_path / "fused", out, tensor_type="f32", pad_multiple=32)
+    assert summary["hidden_size"] == 96 and summary["padding"] == 24  # 72 -> 96; 96 / 4 heads reads back
+    reader = gguf.GGUFReader(out)
+    assert reader.fields["llama.embedding_length"].contents() == 96
+    eps = reader.fields["llama.attention.layer_norm_rms_epsilon"].contents()
+    assert eps == pytest.approx(fused.config.rms_norm_eps * 72 / 96, rel=1e-6)
+    stock, _ = stock_gguf_load(out)
+    assert stock.config.hidden_size == 96 and stock.config.head_dim == 16
+    ids = ids_of(tokenizer)
+    with torch.no_grad():
+        expected, got = fused(ids).logits, stock(ids).logits
+    assert ((expected - got).abs().max() / expected.abs().max()).item() < 2e-5  # float32 rounding
+    assert greedy(stock, ids) == greedy(fused, ids)
+
+
+def test_export_pad_multiple_must_be_positive(tmp_path, capsys):
+    _fused_checkpoint(tmp_path)
+    with pytest.raises(ZFLoRAError, match="pad multiple must be a positive integer"):
+        export_gguf(tmp_path / "fused", tmp_path / "x.gguf", pad_multiple=0)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "export-gguf",
+                "--model",
+                str(tmp_path / "fused"),
+                "--out",
+                str(tmp_path / "x.gguf"),
+                "--pad-multiple",
+                "-4",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "pad multiple" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def test_f16_export_halves_the_matrices_and_keeps_greedy_tokens(tmp_path):
     fused, tokenizer = _fused_checkpoint(tmp_path)
     f32, f16 = tmp_path / "f32.gguf", tmp_path / "f16.gguf"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from zflora.errors import ZFLoRAError
+from zflora.method.atomic import current_umask
 
 SIDECAR = "gguf_tokenizer.json"
 SIDECAR_VERSION = 1
@@ -517,6 +519,7 @@ def _describe_types(mode: str, tensors: list[tuple[str, Any, Any]]) -> str:
 def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # a file for other runtimes and users, not tempfile's 0600
     os.close(fd)
     try:
         yield Path(tmp)
@@ -527,14 +530,42 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+# which side of each weight runs along the residual stream (padded by export_gguf's pad_multiple)
+_STREAM_INPUT = ("embed_tokens", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head")
+_STREAM_OUTPUT = ("o_proj", "down_proj")
+
+
+def _pad_stream(hf_name: str, weight: torch.Tensor, hidden: int, width: int) -> torch.Tensor:
+    """`weight` for a residual stream of `width` channels instead of `hidden`: zero rows or
+    columns for the new channels, and RMSNorm gains scaled by sqrt(hidden / width) so that the
+    norm over the zero-padded stream gives the same output (eps is scaled in the header)."""
+    if width == hidden:
+        return weight
+    module = hf_name.rpartition(".")[0].rpartition(".")[2]
+    if weight.dim() == 1:  # an RMSNorm gain
+        return torch.cat([weight * math.sqrt(hidden / width), weight.new_zeros(width - hidden)])
+    if module in _STREAM_INPUT:
+        return torch.cat([weight, weight.new_zeros(weight.shape[0], width - hidden)], dim=1)
+    if module in _STREAM_OUTPUT:
+        return torch.cat([weight, weight.new_zeros(width - hidden, weight.shape[1])], dim=0)
+    raise ZFLoRAError(f"{hf_name}: cannot pad a weight of unknown role along the residual stream")
+
+
 def export_gguf(
-    model_dir: str | os.PathLike, out_file: str | os.PathLike, tensor_type: str = "f16"
+    model_dir: str | os.PathLike,
+    out_file: str | os.PathLike,
+    tensor_type: str = "f16",
+    pad_multiple: int = 1,
 ) -> dict[str, Any]:
     """Write the checkpoint at `model_dir` (fused or not) as one GGUF file; returns a summary.
 
     Matrices are stored as `tensor_type` says (TENSOR_TYPES: f16, f32, q8_0 or source); norm
     weights always in f32, as llama.cpp expects. The tokenizer is the source GGUF's (sidecar)
-    or a converted one.
+    or a converted one. `pad_multiple` > 1 widens the residual stream with zero channels to a
+    multiple of it (norm gains and eps rescaled: the same logits up to rounding): llama.cpp's
+    CPU matrix kernels are much slower on a width such as 594 than on 608 (see docs/gguf.md).
+    The padded width need not divide by the head count, which llama.cpp allows and
+    transformers' GGUF reader does not.
     """
     import gguf
 
@@ -542,6 +573,8 @@ def export_gguf(
 
     if tensor_type not in TENSOR_TYPES:
         raise ZFLoRAError(f"GGUF tensor type must be one of {list(TENSOR_TYPES)}, got {tensor_type!r}")
+    if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
+        raise ZFLoRAError(f"pad multiple must be a positive integer (e.g. 32), got {pad_multiple!r}")
     out_file = Path(out_file)
     if out_file.suffix.lower() != ".gguf":
         raise ZFLoRAError(f"output {str(out_file)!r} must end in .gguf")
@@ -557,6 +590,8 @@ def export_gguf(
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     vocab_size = model.get_input_embeddings().weight.shape[0]
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    hidden = config.hidden_size
+    width = -(-hidden // pad_multiple) * pad_multiple
 
     if sidecar is None and not any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise ZFLoRAError(f"{where}: no tokenizer files (tokenizer.json or tokenizer.model); GGUF needs one")
@@ -582,7 +617,7 @@ def export_gguf(
             gguf_name = names.get_name(base)
             if gguf_name is None:
                 raise ZFLoRAError(f"{where}: tensor {hf_name} has no GGUF name in a {arch} file")
-            weight = param.detach().float()
+            weight = _pad_stream(hf_name, param.detach().float(), hidden, width)
             if base.endswith("self_attn.q_proj"):
                 weight = _permute_qk(weight, heads)
             elif base.endswith("self_attn.k_proj"):
@@ -610,7 +645,7 @@ def export_gguf(
             file_type = sidecar["file_type"]
         writer.add_file_type(file_type)
         writer.add_context_length(config.max_position_embeddings)
-        writer.add_embedding_length(config.hidden_size)
+        writer.add_embedding_length(width)
         writer.add_block_count(config.num_hidden_layers)
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_head_count(heads)
@@ -619,7 +654,7 @@ def export_gguf(
         writer.add_value_length(head_dim)
         writer.add_rope_dimension_count(head_dim)
         writer.add_rope_freq_base(_rope_theta(config))
-        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps) * hidden / width)
         writer.add_vocab_size(vocab_size)
         meta = getattr(config, "zflora", None)
         if isinstance(meta, dict):
@@ -646,7 +681,8 @@ def export_gguf(
         "tensor_type": _describe_types(tensor_type, tensors),
         "tensor_types": dict(Counter(qtype.name for _, _, qtype in tensors)),
         "tensors": len(tensors),
-        "hidden_size": config.hidden_size,
+        "hidden_size": width,
+        "padding": width - hidden,
         "head_dim": head_dim,
         "vocab_size": vocab_size,
         "tokenizer": tokenizer_note,
