@@ -52,23 +52,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
-    """Open a temporary sibling of `path` for writing; rename it over `path` on success."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the path of a temporary sibling of `path` for a writer that opens files by name;
+    on success it replaces `path` in one rename, on failure it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
+    """Open a temporary sibling of `path` for writing; rename it over `path` on success."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

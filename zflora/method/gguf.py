@@ -19,15 +19,12 @@ explicitly: `attention.key_length` / `value_length` (read by llama.cpp) and
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,7 @@ import torch
 from torch import nn
 
 from zflora.errors import ZFLoRAError
-from zflora.method.atomic import current_umask
+from zflora.method.atomic import atomic_path
 
 SIDECAR = "gguf_tokenizer.json"
 SIDECAR_VERSION = 1
@@ -515,21 +512,6 @@ def _describe_types(mode: str, tensors: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{name} x{count}" for name, count in counts.most_common())
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())  # a file for other runtimes and users, not tempfile's 0600
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 # which side of each weight runs along the residual stream (padded by export_gguf's pad_multiple)
 _STREAM_INPUT = ("embed_tokens", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head")
 _STREAM_OUTPUT = ("o_proj", "down_proj")
@@ -631,7 +613,7 @@ def export_gguf(
                 data, qtype = array.astype(np.float32), gguf.GGMLQuantizationType.F32
             tensors.append((full_name, data, qtype))
 
-    with _atomic_path(out_file) as tmp:
+    with atomic_path(out_file) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         name = getattr(config, "_name_or_path", "") or model_dir.name
         label = Path(str(name)).name or model_dir.name
