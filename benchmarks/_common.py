@@ -28,6 +28,33 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SWITCH_TARGET = 20.0  # zFLoRA swap at least this many times faster than PEFT's merged-adapter switch
 
 
+def add_cell_args(
+    parser: Any, mode: str, batch_size: int, prompt_length: int, tokens: int, repeats: int
+) -> None:
+    """The timed cell and sampling options shared by the focused latency scripts (per-script defaults)."""
+    parser.add_argument("--mode", choices=("decode", "prefill"), default=mode)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument(
+        "--prompt-length", type=int, default=prompt_length, help="prompt (prefill) or context (decode)"
+    )
+    parser.add_argument("--tokens", type=int, default=tokens, help="decode steps per sample")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+
+
+def describe_cell(args: Any) -> str:
+    """What one sample of `add_cell_args`' cell times (`args.logits`, where a script has it: last or all)."""
+    if args.mode == "decode":
+        return (
+            f"decode, batch {args.batch_size}, {args.tokens} tokens after {args.prompt_length}: ms per token"
+        )
+    which = "every position" if getattr(args, "logits", "last") == "all" else "the last position"
+    return (
+        f"prefill, batch {args.batch_size} x {args.prompt_length} tokens, logits of {which}: ms per prefill"
+    )
+
+
 def print_ratios(samples: dict[str, list[float]], reference: str | None = None, width: int = 18) -> None:
     """One line per variant: median ms, ratio of medians to `reference` (default: the first
     variant) with its 95 % paired bootstrap interval, and the ratio of minimums."""

@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import print_ratios  # noqa: E402
+from _common import add_cell_args, describe_cell, print_ratios  # noqa: E402
 
 from zflora.harness.profiling import round_robin  # noqa: E402
 from zflora.harness.profiling.measure import decode_sampler, prefill_sampler  # noqa: E402
@@ -63,13 +63,7 @@ def mapped_fraction(model: nn.Module) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a local model directory (save_pretrained)")
-    parser.add_argument("--mode", choices=("decode", "prefill"), default="decode")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--prompt-length", type=int, default=32, help="prompt (prefill) or context (decode)")
-    parser.add_argument("--tokens", type=int, default=16, help="decode steps per sample")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    add_cell_args(parser, mode="decode", batch_size=4, prompt_length=32, tokens=16, repeats=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -114,11 +108,7 @@ def main() -> None:
             F.linear(stream, head)
             times = [clock.measure(lambda: F.linear(stream, head)) for _ in range(5)]
             head_ms.setdefault(grad, []).extend(times)
-    what = (
-        f"decode, batch {args.batch_size}, {args.tokens} tokens after {args.prompt_length}: ms per token"
-        if args.mode == "decode"
-        else f"prefill, batch {args.batch_size} x {args.prompt_length} tokens, logits of the last position"
-    )
+    what = describe_cell(args)
     print(
         f"{args.model} ({mapped.config.num_hidden_layers} layers, d={mapped.config.hidden_size}), "
         f"{args.threads} thread(s), {args.clock} clock, torch {torch.__version__}, {args.repeats} repeats, "

@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import print_ratios  # noqa: E402
+from _common import add_cell_args, describe_cell, print_ratios  # noqa: E402
 
 from zflora.harness.profiling import ProfileSettings, build_variants, round_robin  # noqa: E402
 from zflora.harness.profiling.measure import decode_sampler, prefill_sampler  # noqa: E402
@@ -55,15 +55,9 @@ def main() -> None:
     parser.add_argument("--preset", default="llama-3.2-1b")
     parser.add_argument("--model", default=None, help="a local model directory (overrides --preset)")
     parser.add_argument("--layers", type=int, default=4, help="first n layers of a preset")
-    parser.add_argument("--mode", choices=("decode", "prefill"), default="decode")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--prompt-length", type=int, default=8, help="prompt (prefill) or context (decode)")
     parser.add_argument("--logits", choices=("last", "all"), default="last", help="prefill: logits kept")
     parser.add_argument("--r", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=8, help="decode steps per sample")
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    add_cell_args(parser, mode="decode", batch_size=1, prompt_length=8, tokens=8, repeats=12)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = ProfileSettings(
@@ -111,12 +105,7 @@ def main() -> None:
             args.repeats,
             warmup=1,
         )
-    what = (
-        f"decode, batch {args.batch_size}, {args.tokens} tokens after {args.prompt_length}: ms per token"
-        if args.mode == "decode"
-        else f"prefill, batch {args.batch_size} x {args.prompt_length} tokens, logits of "
-        f"{'the last position' if args.logits == 'last' else 'every position'}: ms per prefill"
-    )
+    what = describe_cell(args)
     print(
         f"{settings.source} ({vs.base.config.num_hidden_layers} layers), d={d}, r={args.r}, fused width {d}+{width}, "
         f"{args.threads} thread(s), {args.clock} clock, torch {torch.__version__}, {args.repeats} repeats, "

@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import print_ratios  # noqa: E402
+from _common import add_cell_args, describe_cell, print_ratios  # noqa: E402
 
 from zflora.harness.profiling import ProfileSettings, build_variants, round_robin  # noqa: E402
 from zflora.harness.profiling.measure import decode_sampler, prefill_sampler  # noqa: E402
@@ -46,13 +46,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a local model directory (overrides --preset)")
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--multiples", type=int, nargs="+", default=[1, 24], help="widths without the check")
-    parser.add_argument("--mode", choices=("decode", "prefill"), default="prefill")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--prompt-length", type=int, default=128, help="prompt (prefill) or context (decode)")
-    parser.add_argument("--tokens", type=int, default=16, help="decode steps per sample")
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    add_cell_args(parser, mode="prefill", batch_size=1, prompt_length=128, tokens=16, repeats=11)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import LlamaConfig
@@ -102,11 +96,7 @@ def main() -> None:
             return prefill_sampler(model, prompt, clock)
 
         samples = round_robin({n: sampler(m) for n, m in models.items()}, args.repeats, warmup=1)
-    what = (
-        f"decode, batch {args.batch_size}, {args.tokens} tokens after {args.prompt_length}: ms per token"
-        if args.mode == "decode"
-        else f"prefill, batch {args.batch_size} x {args.prompt_length} tokens, logits of the last position"
-    )
+    what = describe_cell(args)
     print(
         f"{settings.source} ({vs.base.config.num_hidden_layers} layers), d={d}, r={args.r}, {args.threads} thread(s), "
         f"{args.clock} clock, torch {torch.__version__}, {args.repeats} repeats, "
