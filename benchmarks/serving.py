@@ -137,7 +137,7 @@ def prepare(shape: str, k: int, r: int, seed: int, out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import zflora
-    from zflora.harness.methods import AdapterSettings
+    from zflora.harness.methods import AdapterSettings, lora_config
 
     config = LlamaConfig(
         **SHAPES[shape], max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=0
@@ -148,7 +148,7 @@ def prepare(shape: str, k: int, r: int, seed: int, out: Path) -> None:
     base.save_pretrained(out / "base")
     tokenizer = tokenizer_for(config.vocab_size, out / "base")
     generator = torch.Generator().manual_seed(seed + 1)
-    lora = AdapterSettings(r=r).lora_config(base)  # the trained baseline: q/k/v/o/gate/up/down, alpha 2r
+    lora = lora_config(AdapterSettings(r=r), base)  # the trained baseline: q/k/v/o/gate/up/down, alpha 2r
     lora.init_lora_weights = False
     for i in range(k):
         peft = get_peft_model(

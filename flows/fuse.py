@@ -3,33 +3,22 @@ of hidden size d + r and register it in the MLflow model registry, as the task's
 model `<prefix>-<base>-<task>` and as a new version of the multi-task model
 `<prefix>-<base>` (the previous version's adapters plus this task's).
 
-    python -m flows.fuse --task embedded-math [--params params.yaml]
+    python -m flows fuse --task embedded-math [--params params.yaml]
 """
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # a warm worker, when one serves this code, runs the stage (flows/warm.py)
-    from flows.warm import forward
-
-    forward("flows.fuse")
-
-import sys
-
-from prefect import flow
-
-from tasks.base import base_model_ref
 from tasks.fusion import fuse, register, register_multitask
-from tasks.io import write_json
+from tasks.io import base_model_ref, write_json
 from tasks.tracking import stage_run
 
 from .layout import BASE, METRICS, fused_dir, train_dir
-from .stage import params_of, parser, run, user_errors_fail
+from .params import Params
+from .stage import stage_flow
 
 
-@flow(name="zflora-fuse", log_prints=True)
-@user_errors_fail
-def fuse_flow(task: str, params_path: str = "params.yaml") -> dict:
-    params = params_of(params_path)
+@stage_flow("fuse")
+def fuse_flow(params: Params, task: str) -> dict:
     logged = {
         "fuse": params.fuse.model_dump(mode="json"),
         "tracking": params.tracking.model_dump(mode="json"),
@@ -75,13 +64,3 @@ def fuse_flow(task: str, params_path: str = "params.yaml") -> dict:
     )
     return summary
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--task", required=True)
-    args = p.parse_args(argv)
-    return run(fuse_flow, args, task=args.task)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

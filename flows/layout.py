@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# the stage modules (flows/<stage>.py, run by `python -m flows <stage>`), in pipeline order
+STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "profile", "report")
+
 ARTIFACTS = Path("artifacts")
 BASE = ARTIFACTS / "base"
 PROFILE = ARTIFACTS / "profile"
 REPORTS = Path("reports")
 METRICS = Path("metrics")
-WORK = Path("work")
-SEEDS = "seeds"  # sub-folder of a train / eval folder holding the runs of the other seeds  # training checkpoints: not a DVC output, so a killed stage can resume
+WORK = Path("work")  # training checkpoints: not a DVC output, so a killed stage can resume
+SEEDS = "seeds"  # sub-folder of a train / eval folder holding the runs of the other seeds
 
 
 def data_dir(task: str) -> Path:

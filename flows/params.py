@@ -4,8 +4,10 @@
     params = load_params("params.yaml")      # ParamsError (one line) on a bad key or value
 
 Sections are, embed or extend the library's own settings classes (AdapterSettings,
-TrainSettings, EvaluateSettings, ProfileSettings, TinyBaseSettings: zflora.settings), so
-a key is declared, checked and documented once, by the code that uses it.
+TrainSettings, EvaluateSettings, TinyBaseSettings: zflora/harness/settings.py;
+ProfileSettings: zflora/harness/profiling/settings.py), so a key is declared, checked and
+documented once. Those modules import pydantic and the standard library only: checking
+params never imports torch, and a stage depends only on the code it runs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.data import TASKS
-from zflora.harness.evaluate import EvaluateSettings
-from zflora.harness.methods import DEFAULT_LEARNING_RATES, METHODS, TRAINED_METHODS, AdapterSettings
+from zflora.harness.data.names import TASK_NAMES
 from zflora.harness.profiling.settings import PRESETS, ProfileSettings
-from zflora.harness.tinybase import TinyBaseSettings
-from zflora.harness.train import TrainSettings
+from zflora.harness.settings import (
+    DEFAULT_LEARNING_RATES,
+    TRAINED_METHODS,
+    AdapterSettings,
+    EvaluateSettings,
+    TinyBaseSettings,
+    TrainSettings,
+)
 from zflora.settings import describe_validation_error
 
 DEFAULT_PARAMS = "params.yaml"
@@ -85,7 +91,7 @@ class DataParams(Section):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        unknown = [t for t in tasks if t not in TASKS]
+        unknown = [t for t in tasks if t not in TASK_NAMES]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; `zflora tasks` lists the known ones")
         if len(set(tasks)) != len(tasks):
@@ -95,11 +101,14 @@ class DataParams(Section):
 
 class TrainParams(TrainSettings):
     """`train` stage (matrix task x method): the library's TrainSettings plus the methods to
-    compare and how many seeds; `base` trains nothing and records the base it is. Learning
-    rates come from the `tune` stage (tune.learning_rates), not from here."""
+    train and how many seeds. The base model trains nothing: it is always evaluated (the
+    evaluate-base stages) and reported beside them. Learning rates come from the `tune`
+    stage (tune.learning_rates), not from here."""
 
     model_config = ConfigDict(frozen=True)
-    methods: list[str] = Field(min_length=1, description="methods to train and evaluate")
+    methods: list[str] = Field(
+        min_length=1, description="methods to train and evaluate (the base model is evaluated anyway)"
+    )
     seeds: int = Field(
         1,
         gt=0,
@@ -131,9 +140,14 @@ class TrainParams(TrainSettings):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [m for m in methods if m not in METHODS]
+        if "base" in methods:
+            raise ValueError(
+                "'base' trains nothing: remove it (the base model is evaluated by the evaluate-base "
+                "stages and reported beside the trained methods)"
+            )
+        unknown = [m for m in methods if m not in TRAINED_METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(TRAINED_METHODS)}")
         if len(set(methods)) != len(methods):
             raise ValueError(f"duplicate method in {methods}")
         return methods
@@ -288,6 +302,7 @@ class Params(Section):
             "train": {"train": self.train, "adapter": self.adapter, **half},
             "fuse": {"fuse": self.fuse, "tracking": self.tracking, "model": self.model},
             "evaluate": {"evaluate": self.evaluate, **half},
+            "evaluate-base": {"evaluate": self.evaluate, **half},
             "profile": {"profile": self.profile, "r": self.profile.r or self.adapter.r},
             "report": {
                 "report": self.report,

@@ -35,7 +35,7 @@ from prefect import flow, get_run_logger
 
 from zflora.errors import ZFLoRAError
 
-from .stage import exit_code, fail, quiet_user_errors, run_with_api, user_errors_fail
+from .stage import exit_code, fail, quiet_user_errors, user_errors_fail
 
 LOCK_FILE = Path(".dvc") / "tmp" / "zflora-pipeline.lock"
 # what a deployment run (Prefect UI or API) may override; `flows.serve --allow-param` adds more
@@ -223,22 +223,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     global _operator
     _operator = True  # this command line may override any params key (targets are still checked)
+    from .server import attached, ensure_api
+
     try:
         overrides = _parse_set(args.set_param)
-        from .server import ensure_api
-
         api_url = ensure_api()
     except ZFLoRAError as e:
         return fail(str(e))
     quiet_user_errors()
-    state = run_with_api(
-        pipeline_flow,
-        api_url,
-        set_params=overrides,
-        targets=args.target,
-        experiment=args.name,
-        force=args.force,
-    )
+    with attached(api_url):
+        state = pipeline_flow(
+            set_params=overrides,
+            targets=args.target,
+            experiment=args.name,
+            force=args.force,
+            return_state=True,
+        )
     return exit_code(state)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "profile", "report")
+from .layout import STAGES
 
 
 def deployments() -> list:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from zflora.errors import ZFLoRAError
 
     from .pipeline import ALLOW_ENV, ALLOW_PATTERN, UI_ALLOWED
-    from .server import auth_path, client_env, ensure_api
+    from .server import attached, auth_path, client_env, ensure_api
     from .stage import fail, quiet_user_errors
 
     p = argparse.ArgumentParser(description="serve the pipeline's deployments to a Prefect server")
@@ -87,17 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(
             "serving deployments needs a Prefect server: start one (python -m flows.server start) or set PREFECT_API_URL"
         )
-    os.environ["PREFECT_API_URL"] = api_url  # before Prefect reads its settings
     from prefect import serve
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     quiet_user_errors()
-    updates = {PREFECT_API_URL: api_url}
-    if os.environ.get("PREFECT_API_AUTH_STRING"):
-        updates[PREFECT_API_AUTH_STRING] = os.environ["PREFECT_API_AUTH_STRING"]
     login = f" (UI login: the auth string in {auth_path()})" if client_env(api_url) else ""
     extra = f"; runs may also set {', '.join(args.allow_param)}" if args.allow_param else ""
-    with temporary_settings(updates=updates):
+    with attached(api_url):
         print(
             f"serving {len(STAGES) + 1} deployments to {api_url.removesuffix('/api')}{login}; "
             f"run 'zflora-pipeline/pipeline' from its UI{extra}"

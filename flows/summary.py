@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .layout import METRICS, REPORTS, data_dir
-from .server import healthy, local_url
+from .server import auth_string, is_ours, recorded
 
 
 def main() -> int:
@@ -30,11 +30,11 @@ def main() -> int:
                     for k, v in ratios.items()
                 )
                 print(f"decode latency vs base ({target}): {shown}")
-    url = local_url().removesuffix("/api")
+    server = recorded()
     prefect = (
-        f"{url} (running; stop it with `make stop`)"
-        if healthy(local_url())
-        else "`make prefect-ui`, then open http://127.0.0.1:4200"
+        f"{server['url'].removesuffix('/api')} (running; stop it with `make stop`)"
+        if is_ours(server, auth_string(create=False))
+        else "`make prefect-ui`, then open the address it prints"
     )
     lines = [
         "",

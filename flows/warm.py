@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import stat as stat_
 import struct
@@ -55,15 +56,20 @@ IMPORT_TIME_ENV = (
 )  # fmt: skip
 # per-run variables the stamp ignores (they reach the child with the rest of the environment)
 RUN_ENV = ("ZFLORA_WARM_IDLE_S",)
-PRELOAD = (
+LIBRARIES = (
     "torch", "transformers", "transformers.trainer", "transformers.models.llama.modeling_llama",
     "transformers.models.qwen2.modeling_qwen2", "transformers.models.mistral.modeling_mistral",
     "peft", "safetensors.torch", "tokenizers", "mlflow", "prefect", "prefect.states",
-    "zflora", "zflora.method.model", "zflora.harness.methods", "zflora.harness.train", "zflora.harness.evaluate", "zflora.harness.generation",
-    "zflora.method.fusion", "zflora.method.export", "zflora.harness.profiling", "zflora.harness.tinybase", "zflora.harness.data",
-    "flows.base", "flows.prepare", "flows.train", "flows.evaluate", "flows.fuse", "flows.profile", "flows.report",
 )  # fmt: skip
-STAGE_MODULES = tuple(m for m in PRELOAD if m.startswith("flows."))
+_CMD = re.compile(r"python -m flows (?P<stage>[a-z_]+)")
+
+
+def stage_modules(dvc_file: Path | None = None) -> tuple[str, ...]:
+    """The stage modules dvc.yaml's cmds run (`python -m flows <stage>` -> flows.<stage>), in order."""
+    text = (dvc_file or root() / "dvc.yaml").read_text()
+    return tuple(dict.fromkeys(f"flows.{m['stage']}" for m in _CMD.finditer(text)))
+
+
 _HEADER = struct.Struct("!I")
 
 
@@ -214,11 +220,11 @@ def _recv(sock: socket.socket) -> dict:
 # ----------------------------------------------------------------------------- client
 
 
-def forward(module: str) -> None:
-    """Run `python -m <module> <args>` in the warm worker and exit with its status.
+def forward(argv: list[str]) -> None:
+    """Run `python -m flows <argv>` (a stage and its options) in the warm worker and exit with its status.
 
-    Returns (and the caller runs the stage itself) when the worker is off, absent (then
-    one is started for the next stage), busy with other code, or fails to answer.
+    Returns (and the caller runs the stage itself) when the worker is off, absent or
+    serving older code (then a new one is started for the next stage), or fails to answer.
     """
     if not enabled():
         return
@@ -237,8 +243,8 @@ def forward(module: str) -> None:
     try:
         request = {
             "stamp": stamp(),
-            "module": module,
-            "argv": sys.argv[1:],
+            "module": f"flows.{argv[0]}",
+            "argv": list(argv),
             "cwd": os.getcwd(),
             "env": dict(os.environ),
         }
@@ -250,7 +256,8 @@ def forward(module: str) -> None:
         return
     if reply.get("status") != "accepted":
         sock.close()
-        spawn()
+        if reply.get("reason") == "stale":  # it serves older code and is leaving: start the next one
+            spawn()
         return
     sock.settimeout(None)
     _wait_for_child(sock, int(reply.get("pgid", 0)))
@@ -337,7 +344,7 @@ def serve() -> int:
         checked_dir()
     except OSError:
         return 1
-    for name in PRELOAD:
+    for name in (*LIBRARIES, *stage_modules()):
         importlib.import_module(name)
     _prctl = _load_prctl()
     # variables the imports set for themselves: a stage process would have them too
@@ -523,13 +530,13 @@ def _accept(
         verdict = "stop"
     elif request.get("stamp") != my_stamp:
         verdict = "stale"
-    elif len(fds) != 3 or request.get("module") not in STAGE_MODULES:
+    elif len(fds) != 3 or request.get("module") not in stage_modules() or not request.get("argv"):
         verdict = "bad"
     if verdict is not None:
         for fd in fds:
             os.close(fd)
         try:
-            _send(conn, {"status": "declined" if verdict != "stop" else "stopping"})
+            _send(conn, {"status": "declined", "reason": verdict} if verdict != "stop" else {"status": "stopping"})
         except OSError:
             pass
         conn.close()
@@ -555,7 +562,6 @@ def _run_child(
 ) -> None:
     """In the forked child: become the stage process that asked, run it, exit with its status."""
     import atexit
-    import importlib
     import signal
     import traceback
 
@@ -577,10 +583,11 @@ def _run_child(
         os.environ.update(request["env"])
         for key, value in added_env.items():
             os.environ.setdefault(key, value)
-        module = importlib.import_module(request["module"])
-        sys.argv = [module.__file__, *request["argv"]]
+        from flows.__main__ import run_stage
+
+        sys.argv = [str(Path(request["cwd"]) / "flows" / "__main__.py"), *request["argv"]]
         sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())
-        code = module.main(request["argv"])
+        code = run_stage(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if not isinstance(e.code, int | None):

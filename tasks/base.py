@@ -13,18 +13,10 @@ from zflora.method.fingerprint import base_fingerprint
 from zflora.method.gguf import dequantize_to_directory, is_gguf_ref
 from zflora.method.loading import load_causal_lm
 
-from .io import read_json, write_json
+from .io import write_json
 from .tracking import log_json_artifact, log_numeric_metrics
 
 MANIFEST = "base.json"
-
-
-def base_model_ref(base_dir: str | Path) -> str:
-    """What to load for the base: the directory itself (embedded, GGUF) or the recorded hub id / path."""
-    base_dir = Path(base_dir)
-    if (base_dir / "config.json").is_file():
-        return str(base_dir)
-    return read_json(base_dir / MANIFEST, "base model manifest")["name"]
 
 
 @task(name="resolve-base-model")

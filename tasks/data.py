@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.data import get_task
+from zflora.harness.data.suite import get_task
 from zflora.method.atomic import atomic_dir
 
 from .io import write_examples

@@ -8,11 +8,11 @@ from typing import Any
 
 from prefect import task
 
-from zflora.harness.data import get_task
-from zflora.harness.evaluate import EvaluateSettings, evaluate_method
+from zflora.harness.data.suite import get_task
+from zflora.harness.evaluate import evaluate_method
+from zflora.harness.settings import EvaluateSettings
 
-from .base import base_model_ref
-from .io import read_examples, read_json, write_json
+from .io import base_model_ref, read_examples, read_json, write_json
 from .tracking import log_numeric_metrics
 
 

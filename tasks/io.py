@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.data import Example
+from zflora.harness.data.example import Example
 from zflora.method.atomic import atomic_file
 
 
@@ -28,6 +28,15 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise ZFLoRAError(
             f"{what} {str(path)!r} is not valid JSON ({e}); rerun the stage that produces it"
         ) from None
+
+
+def base_model_ref(base_dir: str | Path) -> str:
+    """What to load for the base: the directory itself (embedded, GGUF) or the recorded hub id / path
+    (the base stage's manifest, base.json)."""
+    base_dir = Path(base_dir)
+    if (base_dir / "config.json").is_file():
+        return str(base_dir)
+    return read_json(base_dir / "base.json", "base model manifest")["name"]
 
 
 def write_examples(path: Path, examples: list[Example]) -> None:

@@ -36,7 +36,7 @@ def profile_target(target: str, settings: Any, out_dir: str) -> dict[str, Any]:
     """Run the profiler for one target into out_dir (JSON, markdown, plots); returns the headline figures."""
     import mlflow
 
-    from zflora.harness.profiling import run_profile
+    from zflora.harness.profiling.runner import run_profile
 
     result = run_profile(settings, out_dir, progress=True)
     figures = headline(result)

@@ -8,10 +8,11 @@ from typing import Any
 
 from prefect import task
 
-from zflora.harness.evaluate import headline_score
+from zflora.harness.settings import headline_score
 from zflora.method.atomic import atomic_dir
 
 from .io import read_json
+from .selection import SELECTION
 
 METHOD_ORDER = ("base", "lora", "zflora", "lora-eqparams", "zflora-eqparams", "zflora-mha", "fft")
 
@@ -28,7 +29,7 @@ def collect(
             "ranges": {},
             "seeds": 1,
             "agreement": {},
-            "trainable_parameters": None,
+            "trainable_parameters": 0 if method == "base" else None,
             "r": None,
         }
         for task_name in tasks:
@@ -48,7 +49,7 @@ def collect(
                 trained = read_json(manifest)
                 row["trainable_parameters"] = trained.get("trainable_parameters")
                 row["r"] = trained.get("r")
-        selection_file = tune_root / method / "selection.json"
+        selection_file = tune_root / method / SELECTION
         selection = read_json(selection_file) if selection_file.is_file() else {}
         row["learning_rate"] = selection.get("learning_rate")
         row["lr_tuned"] = bool(selection.get("tuned"))
@@ -115,7 +116,7 @@ def tune_markdown(tune_root: Path, methods: list[str]) -> str:
     """The tune stage's candidates and mean validation scores per method ('' when nothing was tuned)."""
     lines = []
     for method in methods:
-        path = tune_root / method / "selection.json"
+        path = tune_root / method / SELECTION
         selection = read_json(path) if path.is_file() else {}
         if not selection.get("tuned"):
             continue

@@ -1,4 +1,4 @@
-"""The `train` stage's task: fine-tune one method on one task; `base` records that it trains nothing."""
+"""The `train` stage's task: fine-tune one method on one task."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ from typing import Any
 
 from prefect import task
 
-from zflora.harness.methods import AdapterSettings
-from zflora.harness.train import TrainSettings
-from zflora.method.atomic import atomic_dir
+from zflora.harness.settings import AdapterSettings, TrainSettings
 
-from .base import base_model_ref
-from .io import read_examples, read_json, write_json
+from .io import base_model_ref, read_examples, read_json, write_json
 from .tracking import log_json_artifact, log_numeric_metrics
 
 MANIFEST = "method.json"
@@ -41,19 +38,6 @@ def train(
     import mlflow
 
     base_manifest = read_json(Path(base_dir) / "base.json", "base model manifest")
-    if method == "base":
-        summary = {
-            "method": "base",
-            "task": task_name,
-            "trainable_parameters": 0,
-            "steps": 0,
-            "base": base_manifest["name"],
-            "base_fingerprint": base_manifest["fingerprint"],
-        }
-        with atomic_dir(out_dir) as tmp:
-            write_json(tmp / MANIFEST, summary)
-        log_numeric_metrics(summary)
-        return summary
     from zflora.harness.train import train_method
 
     examples = read_examples(Path(data_dir) / "train.jsonl")

@@ -7,17 +7,12 @@ from typing import Any
 
 from prefect import task
 
-from zflora.harness.evaluate import EvaluateSettings
-from zflora.harness.methods import AdapterSettings
-from zflora.harness.train import TrainSettings
+from zflora.harness.settings import AdapterSettings, EvaluateSettings, TrainSettings
 from zflora.method.atomic import atomic_dir
 
-from .base import base_model_ref
-from .io import read_examples, read_json, write_json
+from .io import base_model_ref, read_examples, write_json
+from .selection import SELECTION
 from .tracking import log_json_artifact, log_numeric_metrics
-
-SELECTION = "selection.json"
-
 
 @task(name="tune-learning-rate")
 def tune(
@@ -33,33 +28,29 @@ def tune(
     dtype: str,
     trust_remote_code: bool,
 ) -> dict[str, Any]:
-    """Write out_dir/selection.json: the selected learning rate (None for `base`) and every
-    candidate's validation scores."""
-    if method == "base":
-        selection: dict[str, Any] = {"method": "base", "learning_rate": None, "tuned": False}
-    else:
-        from zflora.harness.tune import select_learning_rate
+    """Write out_dir/selection.json: the selected learning rate and every candidate's validation scores."""
+    from zflora.harness.tune import select_learning_rate
 
-        data = {
-            name: (read_examples(Path(d) / "train.jsonl"), read_examples(Path(d) / "validation.jsonl"))
-            for name, d in data_dirs.items()
-        }
-        selection = select_learning_rate(
-            base_model_ref(base_dir),
-            method,
-            candidates,
-            data,
-            settings=train,
-            adapter=adapter,
-            evaluate=evaluate,
-            work_dir=work_dir,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-        )
-        selection["tasks"] = list(data_dirs)
+    data = {
+        name: (read_examples(Path(d) / "train.jsonl"), read_examples(Path(d) / "validation.jsonl"))
+        for name, d in data_dirs.items()
+    }
+    selection = select_learning_rate(
+        base_model_ref(base_dir),
+        method,
+        candidates,
+        data,
+        settings=train,
+        adapter=adapter,
+        evaluate=evaluate,
+        work_dir=work_dir,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    selection["tasks"] = list(data_dirs)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / SELECTION, selection)
-    log_numeric_metrics({"learning_rate": selection["learning_rate"] or 0.0, "tuned": selection["tuned"]})
+    log_numeric_metrics({"learning_rate": selection["learning_rate"], "tuned": selection["tuned"]})
     for rate, scores in selection.get("scores", {}).items():
         if scores.get("mean") is not None:  # one metric per candidate: validation_mean@lr=0.005
             import mlflow
@@ -68,7 +59,3 @@ def tune(
     log_json_artifact(selection, SELECTION)
     return selection
 
-
-def selected_learning_rate(tune_dir: str | Path) -> float | None:
-    """The learning rate the tune stage selected (None for `base`)."""
-    return read_json(Path(tune_dir) / SELECTION, "learning-rate selection")["learning_rate"]

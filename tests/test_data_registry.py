@@ -46,6 +46,13 @@ def test_registry_holds_the_paper_suite_and_the_embedded_suite():
         assert {n for n in PAPER_TASKS if TASKS[n].category == category} == names
 
 
+def test_the_name_list_params_are_checked_against_matches_the_suite():
+    from zflora.harness.data import names
+
+    assert names.EMBEDDED_TASKS == EMBEDDED_TASKS and names.PAPER_TASKS == PAPER_TASKS
+    assert names.TASK_NAMES == tuple(TASKS)
+
+
 def test_every_spec_is_consistent():
     for name, task in TASKS.items():
         assert isinstance(task, TaskSpec) and task.name == name

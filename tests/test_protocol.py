@@ -33,7 +33,7 @@ def test_eqparams_methods_match_the_other_methods_budget(tied):
         matched = methods.prepare(method, base, adapter)
         # the closest rank: within half a rank's worth of parameters of the reference budget
         assert abs(trainable(matched) - count[reference]) <= per_rank / 2, (method, trainable(matched), count)
-        assert adapter.for_method(method, tiny_model("llama", tied=tied)).r != adapter.r
+        assert methods.adapter_for(method, adapter, tiny_model("llama", tied=tied)).r != adapter.r
     # the per-rank counts are what training really makes trainable
     for method in ("lora", "zflora"):
         assert count[method] == methods.trainable_per_rank(method, tiny_model("llama", tied=tied)) * 8
@@ -45,7 +45,7 @@ def test_eqparams_methods_train_save_and_serve_in_every_form(method, model_dir, 
     settings = TrainSettings(max_steps=2, batch_size=4, save_steps=100)
     adapter = methods.AdapterSettings(r=4)
     summary = train_method(model_dir, examples, tmp_path / "out", method, settings, adapter, progress=False)
-    assert summary["r"] == adapter.for_method(method, tiny_model("llama", tied=True)).r != 4
+    assert summary["r"] == methods.adapter_for(method, adapter, tiny_model("llama", tied=True)).r != 4
     forms = build_variants(method, model_dir, tmp_path / "out")
     assert list(forms) == [method, f"{method}-{'merged' if method.startswith('lora') else 'fused'}"]
     ids = torch.randint(3, 90, (1, 10))

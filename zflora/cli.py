@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_cmd_export_gguf)
 
-    from zflora.harness.data import add_tasks_parser
-    from zflora.harness.profiling import add_profile_parser
+    from zflora.harness.data.cli import add_tasks_parser
+    from zflora.harness.profiling.cli import add_profile_parser
 
     add_tasks_parser(sub)  # subcommands that live with their modules
     add_profile_parser(sub)

@@ -1,15 +1,24 @@
-"""dvc.yaml's code deps cover every project file each stage imports.
+"""dvc.yaml's code deps are exactly the project files each stage imports.
 
 Each stage's flow module is scanned with `modulefinder` (which also sees imports inside
-functions, where the stages import torch-heavy code lazily); every project file found
-must lie under one of the stage's `deps`. flows/warm.py and flows/server.py are exempt:
-they start processes and servers and cannot change what a stage computes (dvc.yaml says
-so too). The slow test edits one imported file per stage in the pipeline fixture's copy
-of the project and checks that `dvc status` reports that stage changed.
+functions, where the stages import torch-heavy code lazily). Every project file found
+must be a dependency, and every declared code dependency must be imported: a file the
+stage imports, or a folder whose every Python file it imports. So editing report code
+reruns only `report`, and editing the method reruns every stage that runs an adapter.
+
+Not deps, on purpose: flows/__main__.py (dispatches `python -m flows <stage>`),
+flows/warm.py and flows/server.py (processes and servers): they cannot change what a
+stage computes. The fuse stage also depends on tasks/registry_model.py and what it
+imports: MLflow loads that file by path as the registered model's code.
+
+To see the lists a stage needs: `python -m tests.pipeline.test_dvc_deps` prints them.
+The slow tests edit files in the pipeline fixture's copy of the project and ask
+`dvc status` which stages changed.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from modulefinder import ModuleFinder
 from pathlib import Path
@@ -17,10 +26,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import BIN
-
 ROOT = Path(__file__).resolve().parents[2]
-PLUMBING = {"flows/warm.py", "flows/server.py"}
+PLUMBING = {"flows/__main__.py", "flows/warm.py", "flows/server.py"}
+LOADED_BY_PATH = {"fuse": ["tasks.registry_model"]}  # MLflow models-from-code
+# packages whose names are imported on first use (zflora/_lazy.py, zflora/__init__.py):
+# `from <package> import <name>` hides the defining module from modulefinder
+LAZY_PACKAGES = ("zflora", "zflora.harness.data", "zflora.harness.profiling")
 
 
 def stages() -> dict[str, dict]:
@@ -28,9 +39,16 @@ def stages() -> dict[str, dict]:
     return {name: stage.get("do", stage) for name, stage in raw.items()}
 
 
-def imported_files(stage: str) -> set[str]:
+def stage_module(body: dict) -> str:
+    """`python -m flows train --task ...` -> flows.train"""
+    words = body["cmd"].split()
+    return f"flows.{words[words.index('flows') + 1]}"
+
+
+def project_files(*modules: str) -> set[str]:
     finder = ModuleFinder(path=[str(ROOT)])
-    finder.import_hook(f"flows.{stage}")
+    for module in modules:
+        finder.import_hook(module)
     files = set()
     for module in finder.modules.values():
         path = Path(module.__file__ or "")
@@ -39,15 +57,48 @@ def imported_files(stage: str) -> set[str]:
     return files
 
 
+def imported_files(stage: str) -> set[str]:
+    body = stages()[stage]
+    return project_files(stage_module(body), *LOADED_BY_PATH.get(stage, [])) - PLUMBING
+
+
+def code_deps(stage: str) -> list[str]:
+    return [d for d in stages()[stage]["deps"] if not d.startswith("artifacts")]
+
+
 @pytest.mark.parametrize("stage", sorted(stages()))
-def test_every_imported_project_file_is_a_dependency(stage):
-    deps = [d for d in stages()[stage]["deps"] if not d.startswith("artifacts")]
+def test_a_stage_depends_on_exactly_the_project_files_it_imports(stage):
     files = imported_files(stage)
-    assert f"flows/{stage}.py" in files and len(files) > 10  # the scan found the stage's code
-    missing = sorted(
-        f for f in files - PLUMBING if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
-    )
+    assert stage_module(stages()[stage]).replace(".", "/") + ".py" in files  # the scan found the stage
+    deps = code_deps(stage)
+    missing = sorted(f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
     assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them under deps"
+    for dep in deps:
+        path = ROOT / dep
+        if path.is_dir():
+            unused = sorted(
+                str(p.relative_to(ROOT)) for p in path.rglob("*.py") if str(p.relative_to(ROOT)) not in files
+            )
+            assert not unused, (
+                f"dvc.yaml stage {stage} declares the folder {dep}, but does not import {unused}: "
+                "list the files it imports instead"
+            )
+        else:
+            assert dep in files, f"dvc.yaml stage {stage} declares {dep}, which it does not import: remove it"
+
+
+def test_project_code_imports_names_from_their_defining_modules():
+    """A name taken from a lazy package would hide its module from the dependency scan."""
+    offenders = []
+    for path in sorted([*ROOT.glob("flows/*.py"), *ROOT.glob("tasks/*.py"), *ROOT.glob("zflora/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in LAZY_PACKAGES and node.level == 0:
+                package = ROOT / node.module.replace(".", "/")
+                for alias in node.names:
+                    if not ((package / f"{alias.name}.py").is_file() or (package / alias.name).is_dir()):
+                        if alias.name != "__version__" and not alias.name.endswith("Error"):
+                            offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
+    assert not offenders, f"import these from the module that defines them: {offenders}"
 
 
 @pytest.mark.parametrize(
@@ -67,28 +118,47 @@ def test_every_declared_param_is_in_each_shipped_params_file(params_file):
                 node = node[part]
 
 
+def changed_stages(project, *edits: str) -> set[str]:
+    """Stage names (without @item) that `dvc status` reports after appending a comment to `edits`."""
+    from .conftest import BIN
+
+    originals = {relative: (project.root / relative).read_text() for relative in edits}
+    try:
+        for relative, text in originals.items():
+            (project.root / relative).write_text(text + "\n# an edit\n")
+        out = project.run(str(BIN / "dvc"), "status", "--json", timeout=120)
+        return {name.split("@")[0] for name in json.loads(out.stdout or "{}")}
+    finally:
+        for relative, text in originals.items():
+            (project.root / relative).write_text(text)
+
+
 @pytest.mark.slow
-def test_editing_an_imported_file_marks_its_stage_changed(pipeline_run):
+def test_editing_a_file_reruns_exactly_the_stages_that_import_it(pipeline_run):
     project = pipeline_run
-    edits = {
-        "base": "flows/base.py",
+    assert changed_stages(project) == set()  # the run is complete: nothing to do
+    # report code: only the report, never training or evaluation
+    assert changed_stages(project, "tasks/report.py") == {"report"}
+    # the method's layer: every stage that runs an adapter, never data preparation or the report
+    layer = "zflora/method/layer.py"
+    importers = {stage.split("@")[0] for stage in stages() if layer in imported_files(stage)}
+    assert {"tune", "train", "fuse", "evaluate", "profile"} <= importers
+    assert not importers & {"prepare", "report"}
+    assert changed_stages(project, layer) == importers
+    for stage, relative in {
+        "base": "tasks/base.py",
         "prepare": "tasks/data.py",
-        "tune": "flows/tune.py",
+        "tune": "tasks/tuning.py",
         "train": "zflora/harness/train.py",
         "fuse": "tasks/fusion.py",
-        "evaluate": "tasks/evaluation.py",
         "profile": "zflora/harness/profiling/runner.py",
-        "report": "tasks/report.py",
-    }
-    for stage, relative in edits.items():
-        path = project.root / relative
-        original = path.read_text()
-        try:
-            path.write_text(original + "\n# an edit\n")
-            out = project.run(str(BIN / "dvc"), "status", "--json", timeout=120)
-            changed = set(json.loads(out.stdout or "{}"))
-        finally:
-            path.write_text(original)
-        assert any(name == stage or name.startswith(f"{stage}@") for name in changed), (
-            f"editing {relative} did not mark stage {stage} changed: {sorted(changed)}"
-        )
+    }.items():
+        assert stage in changed_stages(project, relative), f"editing {relative} did not rerun {stage}"
+
+
+def expected_deps() -> dict[str, list[str]]:
+    return {stage: sorted(imported_files(stage)) for stage in stages()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(expected_deps(), indent=2))

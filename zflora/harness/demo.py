@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> None:
 def _peft_switch_ms() -> float:
     from peft import get_peft_model
 
-    from zflora.harness.methods import AdapterSettings
+    from zflora.harness.methods import AdapterSettings, lora_config
 
     model = build_base()
-    lora = AdapterSettings(r=8).lora_config(model)
+    lora = lora_config(AdapterSettings(r=8), model)
     peft_model = get_peft_model(model, lora, adapter_name="up")
     peft_model.add_adapter("down", lora)
     with torch.no_grad():

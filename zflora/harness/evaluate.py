@@ -19,22 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from zflora.errors import ZFLoRAError
 from zflora.harness.generation import generate_text
 from zflora.harness.methods import check_method, load_trained
 from zflora.method.atomic import atomic_dir
-from zflora.settings import Settings
-
-
-class EvaluateSettings(Settings):
-    """How to evaluate: generation batch size, answer budget, and an optional subset."""
-
-    batch_size: int = Field(32, gt=0, description="prompts per generation batch")
-    max_new_tokens: int | None = Field(None, gt=0, description="answer budget (default: the task's own)")
-    limit: int | None = Field(None, gt=0, description="evaluate only the first n test examples")
+from zflora.harness.settings import EvaluateSettings, headline_score
 
 
 # the forms each method is served in; the first is the headline
@@ -47,11 +38,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "lora-eqparams": ("lora-eqparams", "lora-eqparams-merged"),
     "zflora-eqparams": ("zflora-eqparams", "zflora-eqparams-fused"),
 }
-
-
-def headline_score(metrics: dict[str, Any], metric: str) -> float:
-    """The number a task is compared on, in percent: accuracy, or ROUGE-L for summarisation."""
-    return 100.0 * metrics["accuracy" if metric == "accuracy" else "rougeL"]
 
 
 def build_variants(

@@ -17,37 +17,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
-
 from zflora.errors import ZFLoRAError
-from zflora.settings import Settings
+from zflora.harness.settings import (  # noqa: F401 - the method table, re-exported for callers
+    DEFAULT_LEARNING_RATES,
+    EQUAL_BUDGET,
+    LORA_METHODS,
+    METHODS,
+    TRAINED_METHODS,
+    ZFLORA_BLOCKS,
+    AdapterSettings,
+    check_method,
+)
 
 if TYPE_CHECKING:
     from torch import nn
-
-METHODS = ("base", "lora", "zflora", "zflora-mha", "fft", "lora-eqparams", "zflora-eqparams")
-TRAINED_METHODS = METHODS[1:]
-# zflora-mha adapts the attention blocks only (the paper's zFLoRA-MHA variant)
-ZFLORA_BLOCKS = {"zflora": ("attn", "mlp"), "zflora-mha": ("attn",), "zflora-eqparams": ("attn", "mlp")}
-LORA_METHODS = ("lora", "lora-eqparams")
-# method at an equal parameter budget -> the method whose budget at adapter.r it matches
-EQUAL_BUDGET = {"lora-eqparams": "zflora", "zflora-eqparams": "lora"}
-# default learning rates per method (adapters tolerate far larger steps than full fine-tuning)
-DEFAULT_LEARNING_RATES = {
-    "lora": 5e-3,
-    "zflora": 1e-2,
-    "zflora-mha": 1e-2,
-    "fft": 1e-3,
-    "lora-eqparams": 5e-3,
-    "zflora-eqparams": 1e-2,
-}
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ZFLoRAError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    return method
-
 
 def lora_target_modules(model: nn.Module) -> list[str]:
     """The projection names zFLoRA adapts, as PEFT target modules (q_proj, ..., down_proj)."""
@@ -57,41 +40,36 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return [path.rsplit(".", 1)[-1] for _, path in (*layout.readers, *layout.writers)]
 
 
-class AdapterSettings(Settings):
-    """Adapter shape shared by LoRA and zFLoRA: equal rank for a fair comparison."""
+def lora_config(adapter: AdapterSettings, model: nn.Module, dropout: float = 0.0, inference_mode: bool = False):
+    """PEFT LoraConfig on q/k/v/o/gate/up/down with `adapter`'s rank and alpha (default 2r): the one
+    LoRA baseline that training, evaluation, the profiler and the demo all use."""
+    from peft import LoraConfig
 
-    r: int = Field(16, gt=0, description="rank of LoRA and zFLoRA (zFLoRA: extra residual channels)")
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default 2r)")
-    init_scale: float = Field(0.02, gt=0, lt=10, description="std of zFLoRA readers' random init")
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.lora_alpha if adapter.lora_alpha is not None else 2 * adapter.r,
+        lora_dropout=dropout,
+        target_modules=lora_target_modules(model),
+        bias="none",
+        task_type="CAUSAL_LM",
+        inference_mode=inference_mode,
+    )
 
-    def lora_config(self, model: nn.Module, dropout: float = 0.0, inference_mode: bool = False):
-        """PEFT LoraConfig on q/k/v/o/gate/up/down with this rank and alpha (default 2r): the one
-        LoRA baseline that training, evaluation, the profiler and the demo all use."""
-        from peft import LoraConfig
 
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2 * self.r,
-            lora_dropout=dropout,
-            target_modules=lora_target_modules(model),
-            bias="none",
-            task_type="CAUSAL_LM",
-            inference_mode=inference_mode,
-        )
+def adapter_for(method: str, adapter: AdapterSettings, model: nn.Module) -> AdapterSettings:
+    """`adapter` as `method` trains it: the -eqparams methods get the rank whose trainable-parameter
+    count on `model` is closest to their reference method's at `adapter.r`."""
+    if method not in EQUAL_BUDGET:
+        return adapter
+    budget = trainable_per_rank(EQUAL_BUDGET[method], model) * adapter.r
+    return adapter.model_copy(update={"r": max(1, round(budget / trainable_per_rank(method, model)))})
 
-    def for_method(self, method: str, model: nn.Module) -> AdapterSettings:
-        """These settings as `method` trains them: the -eqparams methods get the rank whose
-        trainable-parameter count on `model` is closest to their reference method's at `r`."""
-        if method not in EQUAL_BUDGET:
-            return self
-        budget = trainable_per_rank(EQUAL_BUDGET[method], model) * self.r
-        return self.model_copy(update={"r": max(1, round(budget / trainable_per_rank(method, model)))})
 
-    def zflora_config(self, method: str, seed: int | None = None):
-        """The ZFLoRAConfig of `method` (zflora: attn+mlp, zflora-mha: attn) with this rank and init."""
-        from zflora.method.config import ZFLoRAConfig
+def zflora_config(adapter: AdapterSettings, method: str, seed: int | None = None):
+    """The ZFLoRAConfig of `method` (zflora: attn+mlp, zflora-mha: attn) with `adapter`'s rank and init."""
+    from zflora.method.config import ZFLoRAConfig
 
-        return ZFLoRAConfig(r=self.r, blocks=ZFLORA_BLOCKS[method], init_scale=self.init_scale, seed=seed)
+    return ZFLoRAConfig(r=adapter.r, blocks=ZFLORA_BLOCKS[method], init_scale=adapter.init_scale, seed=seed)
 
 
 def trainable_per_rank(method: str, model: nn.Module) -> int:
@@ -130,7 +108,7 @@ def prepare(
 
     check_method(method)
     layout_for(model)  # same architecture support for every method, so comparisons are like for like
-    adapter = (adapter or AdapterSettings()).for_method(method, model)
+    adapter = adapter_for(method, adapter or AdapterSettings(), model)
     if method == "base":
         for param in model.parameters():
             param.requires_grad_(False)
@@ -142,8 +120,8 @@ def prepare(
     if method in LORA_METHODS:
         from peft import get_peft_model
 
-        return get_peft_model(model, adapter.lora_config(model))
-    return get_zflora_model(model, adapter.zflora_config(method, seed))
+        return get_peft_model(model, lora_config(adapter, model))
+    return get_zflora_model(model, zflora_config(adapter, method, seed))
 
 
 def save_trained(method: str, model: nn.Module, out_dir: str | Path, tokenizer=None) -> Path:

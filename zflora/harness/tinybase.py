@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 
 from zflora.errors import ZFLoRAError
 from zflora.harness.data.corpus import general_corpus
 from zflora.method.atomic import atomic_dir
-from zflora.settings import Settings
+from zflora.harness.settings import TinyBaseSettings
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 __all__ = [
@@ -67,52 +66,6 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left"
     )
-
-
-class TinyBaseSettings(Settings):
-    """Shape and pretraining budget of the embedded tiny base model.
-
-    Defaults: 0.9M parameters (hidden 128, 4 layers, 4 heads / 2 kv heads), 600 steps of
-    16 x 128 tokens, about 2.5 minutes on 2 CPU cores.
-    """
-
-    vocab_size: int = Field(
-        2048,
-        ge=300,
-        description="BPE vocabulary size cap (>= 300: 256 bytes + merges); the corpus stops near 1240",
-    )
-    hidden_size: int = Field(128, gt=0, description="model width d")
-    num_layers: int = Field(4, gt=0, description="decoder blocks")
-    num_heads: int = Field(4, gt=0, description="attention heads (divide hidden_size)")
-    num_kv_heads: int = Field(
-        2, gt=0, description="key/value heads (divide num_heads): grouped-query attention"
-    )
-    intermediate_size: int = Field(352, gt=0, description="MLP width")
-    max_seq_len: int = Field(256, gt=0, description="longest sequence the model accepts (positions)")
-    block_size: int = Field(128, gt=0, description="pretraining sequence length (<= max_seq_len)")
-    steps: int = Field(600, gt=0, description="optimizer steps")
-    batch_size: int = Field(16, gt=0, description="sequences per step")
-    learning_rate: float = Field(3e-3, gt=0, lt=1, description="peak AdamW learning rate (cosine decay)")
-    warmup_steps: int = Field(20, ge=0, description="linear warm-up steps")
-    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay")
-    seed: int = Field(0, ge=0, description="seed of the corpus, initialisation and batch order")
-    corpus_docs: int = Field(6000, gt=0, description="documents in the generated corpus")
-    tie_embeddings: bool = Field(True, strict=True, description="share the input embedding and the LM head")
-
-    @model_validator(mode="after")
-    def _shape_fits(self) -> TinyBaseSettings:
-        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} must split into num_heads {self.num_heads} "
-                "heads of even size (rotary embeddings); e.g. hidden_size 128 with 4 heads"
-            )
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
-            )
-        if self.block_size > self.max_seq_len:
-            raise ValueError(f"block_size {self.block_size} exceeds max_seq_len {self.max_seq_len}; lower it")
-        return self
 
 
 def _llama_config(settings: TinyBaseSettings, tokenizer):

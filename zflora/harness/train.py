@@ -21,20 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.methods import (
-    DEFAULT_LEARNING_RATES,
-    TRAINED_METHODS,
-    AdapterSettings,
-    prepare,
-    save_trained,
-)
+from zflora.harness.methods import adapter_for, prepare, save_trained
+from zflora.harness.settings import AdapterSettings, TrainSettings, check_trainable
 from zflora.method.atomic import write_text
 from zflora.method.model import ZFLoRAModel
-from zflora.settings import Settings
 
 IGNORE_INDEX = -100
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -42,52 +35,6 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 class TrainingDiverged(ZFLoRAError):
     """The loss became non-finite: nothing was saved (learning-rate selection scores it as lost)."""
-
-
-class TrainSettings(Settings):
-    """How to fine-tune: the same for every method, except the learning rate (per method)."""
-
-    epochs: float = Field(1.0, gt=0, description="passes over the training examples")
-    max_steps: int = Field(-1, description="> 0 overrides epochs")
-    batch_size: int = Field(16, gt=0, description="examples per device and step")
-    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
-    max_seq_len: int = Field(256, gt=0, description="longer examples lose the start of their prompt")
-    learning_rates: dict[str, float] = Field(
-        default_factory=dict,
-        description="per-method overrides of the default learning rates "
-        + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items()),
-    )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="linear warm-up, as a fraction of the steps")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    seed: int = Field(0, description="seed of the adapter init, data order and dropout")
-    save_steps: int = Field(50, gt=0, description="checkpoint period (steps): the resume point after a kill")
-    logging_steps: int = Field(10, gt=0, description="loss logging period (steps)")
-    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-
-    @field_validator("learning_rates")
-    @classmethod
-    def _known_rates(cls, rates: dict[str, float]) -> dict[str, float]:
-        for method, rate in rates.items():
-            if method not in TRAINED_METHODS:
-                raise ValueError(
-                    f"learning rate for unknown or untrainable method {method!r}; "
-                    f"trainable methods are {list(TRAINED_METHODS)}"
-                )
-            if not 0 < rate < 1:
-                raise ValueError(f"learning rate of {method} must be in (0, 1), got {rate}")
-        return rates
-
-    def learning_rate(self, method: str) -> float:
-        """The override for `method`, else its default."""
-        check_trainable(method)
-        return self.learning_rates.get(method, DEFAULT_LEARNING_RATES[method])
-
-
-def check_trainable(method: str) -> str:
-    if method not in TRAINED_METHODS:
-        raise ZFLoRAError(f"cannot train method {method!r}; trainable methods are {list(TRAINED_METHODS)}")
-    return method
 
 
 class SupervisedDataset(Dataset):
@@ -283,7 +230,7 @@ def train_method(
         examples,
         {"method": method, "dtype": dtype, "train": settings.to_dict(), "adapter": adapter.to_dict()},
     )
-    rank = None if method == "fft" else adapter.for_method(method, model).r
+    rank = None if method == "fft" else adapter_for(method, adapter, model).r
     model = prepare(method, model, adapter, seed=settings.seed)
     dataset = SupervisedDataset(examples, tokenizer, settings.max_seq_len)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.data import get_task
+from zflora.harness.data.suite import get_task
 from zflora.harness.evaluate import EvaluateSettings, build_variants, evaluate_examples, headline_score
 from zflora.harness.methods import AdapterSettings
 from zflora.harness.train import TrainingDiverged, TrainSettings, check_trainable, train_method

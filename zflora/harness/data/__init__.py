@@ -6,20 +6,28 @@
     task = get_task("gsm8k")
     task.score(completions, test)                                  # {"accuracy": ...}
 
-Modules: `registry` (Example, TaskSpec), `suite` (the task table and lookups), `formats`
+Modules: `example` (Example), `registry` (TaskSpec), `suite` (the task table and lookups), `formats`
 (prompt templates), `hub` (hub / local file loading), `embedded` and `world` (the
-generated tasks), `metrics` (answer extraction, accuracy, ROUGE), `cli` (`zflora tasks`).
+generated tasks), `metrics` (answer extraction, accuracy, ROUGE), `cli` (`zflora tasks`),
+`names` (the task names alone: what params.yaml is validated against). Names here are
+imported on first use; project code imports from the defining modules.
 """
 
-from zflora.harness.data.cli import add_tasks_parser
-from zflora.harness.data.registry import Example, TaskSpec
-from zflora.harness.data.suite import (
-    EMBEDDED_TASKS,
-    PAPER_TASKS,
-    TASKS,
-    describe_tasks,
-    get_task,
-    load_examples,
+from zflora._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "add_tasks_parser": ".cli",
+        "Example": ".example",
+        "TaskSpec": ".registry",
+        "EMBEDDED_TASKS": ".suite",
+        "PAPER_TASKS": ".suite",
+        "TASKS": ".suite",
+        "describe_tasks": ".suite",
+        "get_task": ".suite",
+        "load_examples": ".suite",
+    },
 )
 
 __all__ = [

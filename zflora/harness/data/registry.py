@@ -17,19 +17,10 @@ from typing import Any
 
 from zflora.errors import ZFLoRAError
 from zflora.harness.data import embedded, formats, metrics
+from zflora.harness.data.example import Example
 from zflora.harness.data.hub import HubSource, is_llm_adapters, load_hub_rows, load_local_rows
 
 CATEGORIES = ("commonsense", "math", "summary")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One prompt / target pair with the gold answer used for scoring."""
-
-    id: str
-    prompt: str  # the full prompt (template applied); ends where the answer starts
-    target: str  # what the model learns to produce after the prompt (no EOS token)
-    answer: str  # gold answer: option letter / "true" / number string / reference summary
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,41 @@ prefill (time to first token) per batch size and prompt length, decode per token
 KV cache, memory, and adapter switch time. Variants are timed round-robin; ratios to the
 base come with a paired bootstrap interval. Every result records machine, versions and
 settings.
+
+Names are imported on first use: `zflora.harness.profiling.settings` (what params.yaml
+validates) stays free of torch. Project code imports from the defining modules, so a
+pipeline stage's exact dependencies can be read off its imports (tests/pipeline/test_dvc_deps.py).
 """
 
-from zflora.harness.profiling.cli import add_profile_parser, profile_command
-from zflora.harness.profiling.report import (
-    markdown_report,
-    write_json,
-    write_markdown,
-    write_plots,
-    write_report,
+from zflora._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "add_profile_parser": ".cli",
+        "profile_command": ".cli",
+        "markdown_report": ".report",
+        "write_json": ".report",
+        "write_markdown": ".report",
+        "write_plots": ".report",
+        "write_report": ".report",
+        "machine_info": ".runner",
+        "profile": ".runner",
+        "run_profile": ".runner",
+        "PRESETS": ".settings",
+        "VARIANTS": ".settings",
+        "ModelShape": ".settings",
+        "ProfileSettings": ".settings",
+        "Clock": ".timing",
+        "ratio_interval": ".timing",
+        "rotated": ".timing",
+        "round_robin": ".timing",
+        "summarize": ".timing",
+        "VariantSet": ".variants",
+        "build_base_model": ".variants",
+        "build_variants": ".variants",
+    },
 )
-from zflora.harness.profiling.runner import machine_info, profile, run_profile
-from zflora.harness.profiling.settings import PRESETS, VARIANTS, ModelShape, ProfileSettings
-from zflora.harness.profiling.timing import Clock, ratio_interval, rotated, round_robin, summarize
-from zflora.harness.profiling.variants import VariantSet, build_base_model, build_variants
 
 __all__ = [
     "PRESETS",

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from zflora.errors import ZFLoRAError
-from zflora.harness.methods import AdapterSettings, lora_target_modules
+from zflora.harness.methods import AdapterSettings, lora_config, lora_target_modules
 from zflora.harness.profiling.settings import PRESETS, ProfileSettings
 from zflora.method.adapter_file import AdapterWeights
 from zflora.method.architectures import layout_for
@@ -131,7 +131,7 @@ def _lora_model(model: nn.Module, r: int) -> Any:
     """
     from peft import get_peft_model
 
-    config = AdapterSettings(r=r).lora_config(model, inference_mode=True)  # alpha 2r, as trained
+    config = lora_config(AdapterSettings(r=r), model, inference_mode=True)  # alpha 2r, as trained
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: not our users' concern
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, config, adapter_name=ADAPTERS[0], autocast_adapter_dtype=False)
