@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         got = repr(argv[0]) if argv else "nothing"
-        print(f"zflora: error: expected a stage ({', '.join(STAGES)}), got {got}; e.g. python -m flows report", file=sys.stderr)
+        print(
+            f"zflora: error: expected a stage ({', '.join(STAGES)}), got {got}; e.g. python -m flows report",
+            file=sys.stderr,
+        )
         return 2
     from .warm import forward
 

@@ -44,4 +44,3 @@ def evaluate_flow(params: Params, task: str, method: str) -> dict:
     if "seeds" in result:
         print(f"{task}/{method}: score per seed {result['seeds']}, mean {result['score_mean']:.1f}")
     return result
-

@@ -63,4 +63,3 @@ def fuse_flow(params: Params, task: str) -> dict:
         f"{task}: fused hidden {summary['base_hidden_size']} -> {summary['fused_hidden_size']} -> {fused_dir(task)}"
     )
     return summary
-

@@ -1,6 +1,6 @@
 """`prepare` stage (one per task): the task's train, validation and test examples as JSONL.
 
-    python -m flows prepare --task embedded-math [--params params.yaml]
+python -m flows prepare --task embedded-math [--params params.yaml]
 """
 
 from __future__ import annotations

@@ -29,4 +29,3 @@ def profile_flow(params: Params) -> dict:
             print(f"profiled {target}: {figures[target]}")
     write_json(METRICS / "profile.json", figures)
     return figures
-

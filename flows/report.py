@@ -1,6 +1,6 @@
 """`report` stage: accuracy table and plot (task x method, base included) and latency tables in reports/.
 
-    python -m flows report [--params params.yaml]
+python -m flows report [--params params.yaml]
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from tasks.io import write_json
 from tasks.report import build_report
 from tasks.tracking import stage_run
+from zflora.method.atomic import atomic_dir
 
 from .layout import ARTIFACTS, METRICS, PROFILE, REPORTS
 from .params import Params
@@ -28,7 +29,10 @@ def report_flow(params: Params) -> dict:
             params.report.title,
             str(REPORTS),
         )
-    write_json(METRICS / "accuracy.json", summary)
+    with atomic_dir(
+        METRICS / "accuracy"
+    ) as tmp:  # one small file per method: `dvc metrics show metrics/accuracy`
+        for method, scores in summary.items():
+            write_json(tmp / f"{method}.json", scores)
     print((REPORTS / "accuracy.md").read_text())
     return summary
-

@@ -249,7 +249,9 @@ def server_env(host: str, port: int, auth: str) -> dict[str, str]:
     }
 
 
-def _prefect(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def _prefect(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "prefect", *args],
         env={**os.environ, **(env or {})},
@@ -288,7 +290,15 @@ def start(quiet: bool = False) -> str:
                 "free the port or set ZFLORA_PREFECT_PORT, or point PREFECT_API_URL at a running server"
             )
         _write_private(_home() / STATE_FILE, json.dumps({"host": host, "port": port, "url": url}))
-        ready = _prefect("server", "status", "--wait", "--timeout", str(START_TIMEOUT_S), env=env, timeout=START_TIMEOUT_S + 60)
+        ready = _prefect(
+            "server",
+            "status",
+            "--wait",
+            "--timeout",
+            str(START_TIMEOUT_S),
+            env=env,
+            timeout=START_TIMEOUT_S + 60,
+        )
         if ready.returncode != 0 or not is_ours(recorded(), auth):
             stop()
             raise ZFLoRAError(

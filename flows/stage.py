@@ -110,6 +110,8 @@ def stage_flow(stage: str) -> Callable[[Callable[..., Any]], Any]:
         )(wrapped)
         made.stage = stage
         made.options = [o.name for o in options]
+        if fn.__module__ == "__main__":  # `python -m flows.<stage>`: the same as `python -m flows <stage>`
+            sys.exit(main(made, (sys.modules["__main__"].__doc__ or stage).splitlines()[0]))
         return made
 
     return decorate
@@ -163,5 +165,7 @@ def exit_code(state: Any) -> int:
 def check_method_listed(params: Params, method: str, params_path: str = DEFAULT_PARAMS) -> str:
     """`method` must be one of train.methods (DVC only runs listed ones; a hand-run stage may not)."""
     if method not in params.train.methods:
-        raise ZFLoRAError(f"method {method!r} is not in train.methods {params.train.methods} of {params_path}")
+        raise ZFLoRAError(
+            f"method {method!r} is not in train.methods {params.train.methods} of {params_path}"
+        )
     return method

@@ -14,9 +14,9 @@ DDP (HF Trainer); only rank 0 writes.
 from __future__ import annotations
 
 from tasks.io import write_json
+from tasks.selection import selected_learning_rate
 from tasks.tracking import is_main_process, stage_run
 from tasks.training import train
-from tasks.selection import selected_learning_rate
 
 from .layout import BASE, METRICS, checkpoint_dir, data_dir, train_dir, tune_dir
 from .params import Params
@@ -56,5 +56,7 @@ def train_flow(params: Params, task: str, method: str) -> dict:
             {k: v for k, v in summary.items() if k != "base_fingerprint"},
         )
         write_json(METRICS / "train" / task / f"{method}-loss.json", curve)
-        print(f"{task}/{method}: {summary.get('steps', 0)} steps, final loss {summary.get('final_loss', '-')}")
+        print(
+            f"{task}/{method}: {summary.get('steps', 0)} steps, final loss {summary.get('final_loss', '-')}"
+        )
     return summary

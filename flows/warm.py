@@ -536,7 +536,10 @@ def _accept(
         for fd in fds:
             os.close(fd)
         try:
-            _send(conn, {"status": "declined", "reason": verdict} if verdict != "stop" else {"status": "stopping"})
+            _send(
+                conn,
+                {"status": "declined", "reason": verdict} if verdict != "stop" else {"status": "stopping"},
+            )
         except OSError:
             pass
         conn.close()

@@ -13,7 +13,7 @@ from zflora.method.fingerprint import base_fingerprint
 from zflora.method.gguf import dequantize_to_directory, is_gguf_ref
 from zflora.method.loading import load_causal_lm
 
-from .io import write_json
+from .io import base_model_ref, write_json  # noqa: F401 - base_model_ref: where later stages load the base
 from .tracking import log_json_artifact, log_numeric_metrics
 
 MANIFEST = "base.json"

@@ -176,8 +176,14 @@ def resolve_models_uri(uri: str) -> str:
     """
     import mlflow
 
-    from tasks.tracking import tracking_uri
+    from tasks.tracking import DEFAULT_DB, project_root, tracking_uri
 
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (project_root() / DEFAULT_DB).is_file():
+        # MLflow would create an empty store here and then find no model in it
+        raise ZFLoRAError(
+            f"no MLflow store in {project_root()} (no {DEFAULT_DB}) to look {uri} up in; run from the "
+            "project folder after `make run`, or set MLFLOW_TRACKING_URI to the tracking server"
+        )
     mlflow.set_tracking_uri(tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

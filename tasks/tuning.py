@@ -14,6 +14,7 @@ from .io import base_model_ref, read_examples, write_json
 from .selection import SELECTION
 from .tracking import log_json_artifact, log_numeric_metrics
 
+
 @task(name="tune-learning-rate")
 def tune(
     method: str,
@@ -58,4 +59,3 @@ def tune(
             mlflow.log_metric(f"validation_mean_lr_{rate}", scores["mean"])
     log_json_artifact(selection, SELECTION)
     return selection
-

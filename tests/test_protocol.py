@@ -155,7 +155,6 @@ def test_report_shows_seed_means_ranges_and_how_each_rate_was_chosen(tmp_path):
         },
     )
     put(tmp_path / "train/t/zflora/method.json", {"trainable_parameters": 1234, "r": 16})
-    put(tmp_path / "tune/base/selection.json", {"learning_rate": None, "tuned": False})
     put(
         tmp_path / "tune/zflora/selection.json",
         {
@@ -175,6 +174,6 @@ def test_report_shows_seed_means_ranges_and_how_each_rate_was_chosen(tmp_path):
     table = accuracy_markdown(rows, ["t"], "title")
     assert "Mean over 2 training seeds" in table
     assert "| zflora | 16 | 75.0 [70.0, 80.0] | 75.0 | 1,234 | 0.01 (validation) | 100% |" in table
-    assert "| base | - | 10.0 | 10.0 | - | - | 100% |" in table
+    assert "| base | - | 10.0 | 10.0 | 0 | - | 100% |" in table
     tuned = tune_markdown(tmp_path / "tune", ["base", "zflora"])
     assert "0.005: 60.0; **0.01: 65.0**; 0.02: diverged" in tuned and "| base |" not in tuned

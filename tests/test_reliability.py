@@ -106,13 +106,6 @@ def test_no_pickle_loading_anywhere_in_the_code():
     assert offenders == []
 
 
-def test_servers_bind_to_localhost_by_default():
-    from flows import server
-
-    assert server.DEFAULT_HOST == "127.0.0.1"
-    assert server.local_url().startswith("http://127.0.0.1:")
-
-
 def test_atomic_dir_keeps_the_old_output_when_writing_fails(tmp_path):
     target = tmp_path / "out"
     with atomic_dir(target) as tmp:

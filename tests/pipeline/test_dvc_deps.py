@@ -87,17 +87,20 @@ def test_a_stage_depends_on_exactly_the_project_files_it_imports(stage):
             assert dep in files, f"dvc.yaml stage {stage} declares {dep}, which it does not import: remove it"
 
 
-def test_project_code_imports_names_from_their_defining_modules():
-    """A name taken from a lazy package would hide its module from the dependency scan."""
+def test_stage_code_imports_names_from_their_defining_modules():
+    """In stage code, a name taken from a lazy package would hide its module from the scan."""
     offenders = []
-    for path in sorted([*ROOT.glob("flows/*.py"), *ROOT.glob("tasks/*.py"), *ROOT.glob("zflora/**/*.py")]):
+    for relative in sorted(set().union(*(imported_files(stage) for stage in stages()))):
+        path = ROOT / relative
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module in LAZY_PACKAGES and node.level == 0:
                 package = ROOT / node.module.replace(".", "/")
                 for alias in node.names:
                     if not ((package / f"{alias.name}.py").is_file() or (package / alias.name).is_dir()):
                         if alias.name != "__version__" and not alias.name.endswith("Error"):
-                            offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
+                            offenders.append(
+                                f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}"
+                            )
     assert not offenders, f"import these from the module that defines them: {offenders}"
 
 

@@ -125,7 +125,7 @@ def test_a_corrupt_adapter_fails_the_fuse_stage_cleanly(project):
     adapter.write_bytes(adapter.read_bytes()[:100])
     fused = project.root / "artifacts" / "fused" / TASK / "model.safetensors"
     before = fused.read_bytes()
-    out = project.run("python", "-m", "flows.fuse", "--task", TASK, check=False)
+    out = project.run("python", "-m", "flows", "fuse", "--task", TASK, check=False)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("zflora: error: adapter weights")
     assert "corrupt or truncated" in out.stderr and "Traceback" not in out.stderr + out.stdout
@@ -139,7 +139,7 @@ def test_a_malformed_dataset_file_fails_the_prepare_stage_cleanly(project):
     (data_dir / "gsm8k" / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n{not json\n')
     (data_dir / "gsm8k" / "test.jsonl").write_text("")
     set_params(project, **{"data.tasks": ["gsm8k"], "data.data_dir": str(data_dir)})
-    out = project.run("python", "-m", "flows.prepare", "--task", "gsm8k", check=False)
+    out = project.run("python", "-m", "flows", "prepare", "--task", "gsm8k", check=False)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("zflora: error: ") and "gsm8k" in last, last

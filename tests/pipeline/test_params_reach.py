@@ -21,7 +21,7 @@ import yaml
 from flows.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "profile", "report")
+STAGES = ("base", "prepare", "tune", "train", "fuse", "evaluate", "evaluate-base", "profile", "report")
 NOT_A_DEPENDENCY = {"tracking.experiment"}  # names where results are logged, not what they are
 # another valid value for keys whose type alone does not give one
 OTHER_VALUE: dict[str, Any] = {
@@ -34,7 +34,7 @@ OTHER_VALUE: dict[str, Any] = {
     "train.weight_decay": 0.01,
     "data.tasks": ["embedded-math", "embedded-summary"],  # keeps tune.tasks a subset
     "data.data_dir": "data/local",
-    "train.methods": ["base", "zflora"],
+    "train.methods": ["zflora"],
     "tune.learning_rates": {"zflora": [0.02, 0.04]},
     "tune.tasks": ["embedded-math"],
     "train.lr_scheduler": "linear",

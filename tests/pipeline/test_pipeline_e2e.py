@@ -181,7 +181,7 @@ def test_mlflow_models_serve_answers_over_http(pipeline_run):
 
 
 def test_torchrun_trains_with_two_processes_through_the_stage_entry_point(pipeline_run, tmp_path):
-    """`torchrun --nproc_per_node 2` (gloo on CPU) through `python -m flows.train`, like the DVC stage."""
+    """`torchrun --nproc_per_node 2` (gloo on CPU) through `python -m flows train`, like the DVC stage."""
     copy = tmp_path / "ddp"
     shutil.copytree(
         pipeline_run.root, copy, ignore=shutil.ignore_patterns(".prefect", "mlartifacts", "serve.log")
@@ -195,7 +195,8 @@ def test_torchrun_trains_with_two_processes_through_the_stage_entry_point(pipeli
             "--master_port",
             str(free_port()),
             "-m",
-            "flows.train",
+            "flows",
+            "train",
             "--task",
             TASK,
             "--method",

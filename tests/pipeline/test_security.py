@@ -113,7 +113,7 @@ def test_a_socket_served_by_another_user_gets_nothing(short_tmp, monkeypatch, ca
     spawned = Spawned()
     monkeypatch.setattr(subprocess, "Popen", spawned)
     try:
-        warm.forward("flows.prepare")  # returns: the stage would run in its own process
+        warm.forward(["prepare"])  # returns: the stage would run in its own process
     finally:
         listener.close()
     assert b"token-that-must-not-leak" not in listener.received
@@ -133,7 +133,13 @@ def test_the_worker_serves_no_connection_of_another_user(monkeypatch):
 
     monkeypatch.setattr(os, "fork", fork)
     worker_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    request = {"stamp": "S", "module": "flows.prepare", "argv": ["--help"], "cwd": os.getcwd(), "env": {}}
+    request = {
+        "stamp": "S",
+        "module": "flows.prepare",
+        "argv": ["prepare", "--help"],
+        "cwd": os.getcwd(),
+        "env": {},
+    }
     warm._send(client_end, request, [0, 1, 2])
     # control: the same request from this user gets past the check (then declined: stamp differs)
     same_user = warm._accept(worker_end, "another stamp", worker_end, {}, {"served": 0}, {})
@@ -162,7 +168,7 @@ def test_a_socket_folder_planted_by_another_owner_is_not_used(short_tmp, monkeyp
     spawned = Spawned()
     monkeypatch.setattr(subprocess, "Popen", spawned)
     try:
-        warm.forward("flows.prepare")
+        warm.forward(["prepare"])
     finally:
         listener.close()
     assert listener.received == b"" and listener.connections == 0
@@ -290,23 +296,25 @@ def test_a_server_this_workspace_did_not_start_is_never_attached(foreign, tmp_pa
 
 
 def test_a_recorded_pid_that_does_not_own_the_port_is_not_trusted(foreign, tmp_path, monkeypatch):
-    """The state file names a live server process of ours, but another process listens on its
-    port: not attached, and the auth string is not sent (the mimic would accept it)."""
+    """Prefect's pid file names a live process of ours, but another process listens on the
+    recorded port: not attached, and the auth string is not sent (the mimic would accept it)."""
     from flows import server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     auth = server.auth_string()
     ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        state = {
-            "pid": ours.pid,
-            "start_time": server._proc_start_time(ours.pid),
-            "host": "127.0.0.1",
-            "port": foreign.port,
-            "url": f"http://127.0.0.1:{foreign.port}/api",
-        }
+        server._write_private(tmp_path / server.PID_FILE, str(ours.pid))
+        url = f"http://127.0.0.1:{foreign.port}/api"
+        server._write_private(
+            tmp_path / server.STATE_FILE, json.dumps({"host": "127.0.0.1", "port": foreign.port, "url": url})
+        )
+        state = server.recorded()
+        assert state == {"pid": ours.pid, "host": "127.0.0.1", "port": foreign.port, "url": url}
         assert server.is_ours(state, auth) is False
-        assert server.is_ours({**state, "start_time": "1"}, auth) is False  # a reused pid
+        assert server.client_env(url) == {"PREFECT_API_AUTH_STRING": auth}  # the recorded URL's ...
+        assert server.stop() is False  # ... but `make stop` does not signal a process it cannot vouch for
+        assert ours.poll() is None and not (tmp_path / server.PID_FILE).exists()
     finally:
         ours.kill()
         ours.wait()
@@ -314,8 +322,22 @@ def test_a_recorded_pid_that_does_not_own_the_port_is_not_trusted(foreign, tmp_p
     assert foreign.auth_headers == []
     # control: without the listener check the mimic passes the HTTP checks
     monkeypatch.setattr(server, "owns_listener", lambda state: True)
-    monkeypatch.setattr(server, "_alive", lambda pid, start: True)
+    monkeypatch.setattr(server, "_alive", lambda pid: True)
     assert server.is_ours(state, auth) is True and foreign.auth_headers != []
+
+
+def test_a_pid_file_planted_by_another_owner_is_not_read(tmp_path, monkeypatch):
+    from flows import server
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    server._write_private(
+        tmp_path / server.STATE_FILE, json.dumps({"host": "127.0.0.1", "port": 1, "url": "u"})
+    )
+    (tmp_path / server.PID_FILE).write_text(str(os.getpid()))
+    os.chmod(tmp_path / server.PID_FILE, 0o644)  # writable or readable by others: not ours alone
+    assert server.recorded() is None
+    os.chmod(tmp_path / server.PID_FILE, 0o600)
+    assert server.recorded()["pid"] == os.getpid()  # control
 
 
 def test_another_workspace_on_the_default_port_gets_its_own_port(foreign, monkeypatch):
@@ -329,6 +351,53 @@ def test_another_workspace_on_the_default_port_gets_its_own_port(foreign, monkey
     monkeypatch.setenv("ZFLORA_PREFECT_PORT", str(foreign.port))
     with pytest.raises(Exception, match="set ZFLORA_PREFECT_PORT to a free port"):
         server.choose_port("127.0.0.1")
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """host:port of every TCP socket that process `pid` listens on, read from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for fields in (line.split() for line in Path(table).read_text().splitlines()[1:]):
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                address, port = fields[1].split(":")
+                host = (
+                    socket.inet_ntoa(int(address, 16).to_bytes(4, "little"))
+                    if len(address) == 8
+                    else socket.inet_ntop(socket.AF_INET6, bytes.fromhex(address))
+                )
+                found.add(f"{host}:{int(port, 16)}")
+    return found
+
+
+@pytest.mark.slow
+def test_the_prefect_server_listens_on_loopback_only(tmp_path):
+    from .conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ZFLORA_"))}
+    port = free_port()
+    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), ZFLORA_PREFECT_PORT=str(port))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "flows.server", "start"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        pid = int((tmp_path / ".prefect" / "server.pid").read_text())
+        assert listening_addresses(pid) == {f"127.0.0.1:{port}"}
+    finally:
+        subprocess.run([sys.executable, "-m", "flows.server", "stop"], cwd=ROOT, env=env, timeout=120)
 
 
 def test_the_auth_string_file_is_private_and_a_planted_one_is_replaced(tmp_path, monkeypatch):
@@ -428,6 +497,10 @@ def test_the_pipeline_api_refuses_unauthenticated_and_cross_site_requests(served
     preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     status, headers, _ = request(f"{api}/deployments/filter", method="OPTIONS", headers=preflight)
     assert headers.get("access-control-allow-origin") != "http://evil.example" and status != 200
+    # positive control: the same preflight from the server's own origin is allowed and echoed
+    own = {"Origin": served["url"], "Access-Control-Request-Method": "POST"}
+    status, headers, _ = request(f"{api}/deployments/filter", method="OPTIONS", headers=own)
+    assert status == 200 and headers.get("access-control-allow-origin") == served["url"]
     # the UI asks for the auth string and fetches CSRF tokens
     settings = json.loads(request(f"{served['url']}/ui-settings")[2])
     assert settings["auth"] == "BASIC" and settings["csrf_enabled"] is True

@@ -24,9 +24,8 @@ from torch import nn
 from zflora.errors import ZFLoRAError
 from zflora.harness.generation import generate_text
 from zflora.harness.methods import check_method, load_trained
-from zflora.method.atomic import atomic_dir
 from zflora.harness.settings import EvaluateSettings, headline_score
-
+from zflora.method.atomic import atomic_dir
 
 # the forms each method is served in; the first is the headline
 VARIANTS: dict[str, tuple[str, ...]] = {

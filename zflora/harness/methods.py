@@ -32,6 +32,7 @@ from zflora.harness.settings import (  # noqa: F401 - the method table, re-expor
 if TYPE_CHECKING:
     from torch import nn
 
+
 def lora_target_modules(model: nn.Module) -> list[str]:
     """The projection names zFLoRA adapts, as PEFT target modules (q_proj, ..., down_proj)."""
     from zflora.method.architectures import layout_for
@@ -40,7 +41,9 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return [path.rsplit(".", 1)[-1] for _, path in (*layout.readers, *layout.writers)]
 
 
-def lora_config(adapter: AdapterSettings, model: nn.Module, dropout: float = 0.0, inference_mode: bool = False):
+def lora_config(
+    adapter: AdapterSettings, model: nn.Module, dropout: float = 0.0, inference_mode: bool = False
+):
     """PEFT LoraConfig on q/k/v/o/gate/up/down with `adapter`'s rank and alpha (default 2r): the one
     LoRA baseline that training, evaluation, the profiler and the demo all use."""
     from peft import LoraConfig

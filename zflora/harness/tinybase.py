@@ -22,8 +22,8 @@ import torch
 
 from zflora.errors import ZFLoRAError
 from zflora.harness.data.corpus import general_corpus
-from zflora.method.atomic import atomic_dir
 from zflora.harness.settings import TinyBaseSettings
+from zflora.method.atomic import atomic_dir
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
 __all__ = [
