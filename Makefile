@@ -54,9 +54,9 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Browse the results
+# Browse the results: MLflow's basic-auth app asks for the login in .mlflow/login.env (created on first use)
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+	$(BIN)/python -m flows.mlflow_server ui --port 5000
 
 # The UI asks for the server's auth string once per browser: cat .prefect/server.auth
 prefect-ui: install
