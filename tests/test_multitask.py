@@ -168,7 +168,7 @@ def test_built_from_a_checkpoint_directory_or_a_loaded_model_finds_its_tokenizer
 
 def test_a_gguf_tokenizer_sidecar_travels_with_the_saved_model(setup, tmp_path):
     """A base that came from a GGUF keeps that file's tokenizer metadata for `zflora export-gguf`."""
-    from zflora.method.gguf import SIDECAR
+    from zflora.method.gguf.sidecar import SIDECAR
 
     setup["fused"]["chat"].save_pretrained(tmp_path / "fused")
     setup["tokenizer"].save_pretrained(tmp_path / "fused")

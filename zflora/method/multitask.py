@@ -37,7 +37,8 @@ from torch import nn
 from zflora.errors import ZFLoRAError
 from zflora.method.adapter_file import AdapterWeights, read_adapter, write_adapter
 from zflora.method.atomic import atomic_dir
-from zflora.method.gguf import copy_sidecar
+from zflora.method.generation import generate_text
+from zflora.method.gguf.sidecar import copy_sidecar
 
 FORMAT = "zflora-multitask"
 FORMAT_VERSION = 1
@@ -154,8 +155,6 @@ class MultiTaskModel:
         `chat` as in `generate_text`: a tokenizer's chat template formats each prompt
         (False: the raw text).
         """
-        from zflora.harness.generation import generate_text
-
         if self.tokenizer is None:
             self.tokenizer = self._saved_tokenizer()
         prompts = list(prompts)
