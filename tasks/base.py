@@ -10,7 +10,8 @@ from typing import Any
 from prefect import task
 
 from zflora.method.fingerprint import base_fingerprint
-from zflora.method.gguf import dequantize_to_directory, is_gguf_ref
+from zflora.method.gguf.presets import is_gguf_ref
+from zflora.method.gguf.read import dequantize_to_directory
 from zflora.method.loading import load_causal_lm
 
 from .io import base_model_ref, write_json  # noqa: F401 - base_model_ref: where later stages load the base

@@ -6,8 +6,9 @@ calls `mlflow.models.set_model`. The weights are safetensors artifacts next to i
 
 - `model_config["zflora_kind"] == "multitask"` (`zflora-<base>`): artifact `multitask`, a
   multi-task directory (the fused-width base once + one small adapter per task). Each
-  row may name a `task`; a missing or null task gets the base model. Rows are grouped by
-  task and the adapters swapped in place between groups (`zflora.MultiTaskModel`).
+  row may name a `task`; a missing or null task gets the base model. `zflora.MultiTaskModel`
+  runs the rows: a batch of several tasks in one pass with per-row adapters, a batch of
+  one task with its adapter swapped in (`MultiTaskModel.plan` says which batches).
 - otherwise (`zflora-<base>-<task>`; `model_config["zflora_task"]` names the task):
   artifact `hf_model`, that task's fused checkpoint. A row may name its own task (or
   none); another task is refused.

@@ -6,12 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from conftest import tiny_model
-from test_gguf import CHAT_TEMPLATE, bpe_tokenizer
+from conftest import CHAT_TEMPLATE, bpe_tokenizer, tiny_model
 
 from zflora.cli import main
 from zflora.errors import ZFLoRAError
-from zflora.harness import generation
 from zflora.harness.evaluate import evaluate_examples
 from zflora.harness.generation import encode_prompts, render_answer, render_prompt
 from zflora.harness.train import IGNORE_INDEX, SupervisedDataset
@@ -83,6 +81,8 @@ def chat_model_dir(tmp_path):
 @pytest.fixture
 def encoded(monkeypatch):
     """Records what generate_text feeds the model: (decoded first row without padding, chat flag)."""
+    from zflora.method import generation
+
     calls = []
     original = generation.encode_prompts
 

@@ -9,56 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
+import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_adapter, tiny_model
+from conftest import CHAT_TEMPLATE, bpe_tokenizer, randomize_adapter, tiny_model
 
 import zflora
 from zflora.cli import main
 from zflora.errors import ZFLoRAError
-from zflora.method import gguf as zgguf
 from zflora.method.export import fuse_to_directory
-from zflora.method.gguf import (
-    SIDECAR,
-    dequantize_to_directory,
-    export_gguf,
-    is_gguf_ref,
-    resolve_gguf,
-)
+from zflora.method.gguf.export import export_gguf
+from zflora.method.gguf.presets import is_gguf_ref, resolve_gguf
+from zflora.method.gguf.read import dequantize_to_directory, file_sha256
+from zflora.method.gguf.sidecar import SIDECAR
 from zflora.method.loading import load_causal_lm
 
-gguf = pytest.importorskip("gguf")
-
 TEXT = "the cat sat on the mat. two plus three is five"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
-)
-
-
-def bpe_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
-    """A byte-level BPE with real merges (the whole byte alphabet), bos/eos/pad and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = ["the cat sat on the mat", "two plus three is five", "hello world", "assistant user"] * 30
-    tok.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
-    )
-    if chat_template:
-        tokenizer.chat_template = chat_template
-    return tokenizer
 
 
 def save_tiny(path, family="llama", tied=True, chat_template=CHAT_TEMPLATE, seed=0):
@@ -132,7 +101,7 @@ def test_gguf_file_loads_as_a_plain_model(tmp_path, tied):
 
 def test_qwen2_gguf_base_loads(tmp_path):
     """A Qwen2 GGUF (q/k/v biases, no q/k permutation), written here with the gguf writer."""
-    from zflora.method.gguf import _write_converted_tokenizer
+    from zflora.method.gguf.tokenizer import write_converted_tokenizer
 
     model, tokenizer = save_tiny(tmp_path / "hf", family="qwen2")
     config = model.config
@@ -145,7 +114,7 @@ def test_qwen2_gguf_base_loads(tmp_path):
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    _write_converted_tokenizer(writer, tmp_path / "hf", config.vocab_size)
+    write_converted_tokenizer(writer, tmp_path / "hf", config.vocab_size)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
     for name, param in model.named_parameters():
         if not name.startswith("lm_head."):  # tied
@@ -540,19 +509,28 @@ def test_export_refuses_what_gguf_cannot_express(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the packaged model
 
 
+ALLOW_MISSING_SMOLLM2 = "ZFLORA_ALLOW_MISSING_SMOLLM2"
+
+
 @pytest.mark.slow
 def test_packaged_smollm2_fuses_reloads_and_round_trips_through_gguf(tmp_path):
     """SmolLM2-135M-Instruct (Q4_1 GGUF): dequantize once, fuse an r=16 adapter (576 -> 594: 592 is
-    not divisible by 9 heads), reload with stock transformers, export as GGUF and read it back."""
+    not divisible by 9 heads), reload with stock transformers, export as GGUF and read it back.
+
+    `make install` installs the package that ships the file, so a missing file fails this test.
+    Where that package cannot be installed, opt in to skipping with ZFLORA_ALLOW_MISSING_SMOLLM2=1.
+    """
     from transformers import AutoModelForCausalLM
 
     try:
         source = resolve_gguf("smollm2-135m-instruct")
     except ZFLoRAError as e:
-        pytest.skip(str(e))
+        if os.environ.get(ALLOW_MISSING_SMOLLM2) == "1":
+            pytest.skip(f"{ALLOW_MISSING_SMOLLM2}=1 and {e}")
+        raise
     base_dir = tmp_path / "base"
     info = dequantize_to_directory("smollm2-135m-instruct", base_dir)
-    assert info["gguf_sha256"] == zgguf.file_sha256(source) and info["chat_template"]
+    assert info["gguf_sha256"] == file_sha256(source) and info["chat_template"]
 
     base, tokenizer = load_causal_lm(base_dir)
     assert base.config.hidden_size == 576 and base.config.num_attention_heads == 9

@@ -1,4 +1,5 @@
-"""MultiTaskModel: one fused model, many adapters, rows routed by task (grouped in-place swaps)."""
+"""MultiTaskModel: one fused model, many adapters, rows routed by task (grouped swaps or mixed batches;
+the mixed pass itself: tests/test_mixed.py)."""
 
 from __future__ import annotations
 
@@ -82,17 +83,19 @@ def test_a_swapped_model_is_bit_identical_to_the_tasks_fused_checkpoint(setup):
     assert mt.active is None and mt.model.config.zflora["adapter"] is None
 
 
-def test_rows_are_grouped_one_swap_per_task(setup, monkeypatch):
+def test_whole_batches_of_one_task_run_grouped_one_swap_per_task(setup, monkeypatch):
+    """When each task fills its batches, grouping needs no more batches than packing: one swap per task."""
     from zflora.method import fusion
 
     mt = make(setup)
     calls = []
     real = fusion.swap_adapter
     monkeypatch.setattr(fusion, "swap_adapter", lambda m, a: calls.append(a) or real(m, a))
-    tasks = ["chat", None, "math", "chat", "math", None, "chat", "math"]
-    mt.generate(PROMPTS, tasks, max_new_tokens=2)
+    tasks = ["chat", None, "math", "chat", "math", None]
+    mt.generate(PROMPTS[:6], tasks, max_new_tokens=2, batch_size=2)
+    assert [path for path, _ in mt.last_batches] == ["swap"] * 3
     assert len(calls) == 2  # the base is active at first: its group runs without a swap, then chat, math
-    mt.generate(PROMPTS[:2], ["chat", "math"], max_new_tokens=2)
+    mt.generate(PROMPTS[:2], ["chat", "math"], max_new_tokens=2, batch_size=1)
     assert len(calls) == 3  # math was still active: its group runs first, then one swap to chat
 
 
@@ -168,7 +171,7 @@ def test_built_from_a_checkpoint_directory_or_a_loaded_model_finds_its_tokenizer
 
 def test_a_gguf_tokenizer_sidecar_travels_with_the_saved_model(setup, tmp_path):
     """A base that came from a GGUF keeps that file's tokenizer metadata for `zflora export-gguf`."""
-    from zflora.method.gguf import SIDECAR
+    from zflora.method.gguf.sidecar import SIDECAR
 
     setup["fused"]["chat"].save_pretrained(tmp_path / "fused")
     setup["tokenizer"].save_pretrained(tmp_path / "fused")

@@ -41,7 +41,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 def _cmd_swap(args: argparse.Namespace) -> int:
     from zflora.method.atomic import atomic_dir
     from zflora.method.fusion import fused_meta, swap_adapter
-    from zflora.method.gguf import copy_sidecar
+    from zflora.method.gguf.sidecar import copy_sidecar
     from zflora.method.loading import check_model_dir, load_causal_lm
 
     check_model_dir(args.model)
@@ -97,7 +97,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_export_gguf(args: argparse.Namespace) -> int:
     from zflora.harness.generation import resolve_model_ref
-    from zflora.method.gguf import export_gguf
+    from zflora.method.gguf.export import export_gguf
 
     summary = export_gguf(
         resolve_model_ref(args.model), args.out, tensor_type=args.dtype, pad_multiple=args.pad_multiple

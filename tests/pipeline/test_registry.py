@@ -134,7 +134,14 @@ def test_registry_holds_code_and_safetensors_and_routes_rows_by_task(registered,
     records = [{"prompt": p, "task": t} if t else {"prompt": p} for p, t in rows]
     out = model.predict(pd.DataFrame(records), params={"max_new_tokens": NEW})
     reference = references(store)
+    for task in ("alpha", "beta"):  # else "task rows equal their fused model, base rows the base" says little
+        assert any(reference[task][p] != reference[None][p] for p, _ in rows), task
     assert out == [reference[t][p] for p, t in rows]
+    # ... in one pass: a single batch, every row with its own adapter (no swap per task)
+    multitask = model.unwrap_python_model().multitask
+    assert [(path, sorted(tasks, key=str)) for path, tasks in multitask.last_batches] == [
+        ("mixed", sorted((t for _, t in rows), key=str))
+    ]
     with pytest.raises(MlflowException, match="unknown task 'gamma'; known tasks: alpha, beta"):
         model.predict(pd.DataFrame([{"prompt": "hello", "task": "gamma"}]))
     assert model.predict(

@@ -15,7 +15,9 @@ from typing import Any
 from zflora.method.adapter_file import read_adapter
 from zflora.method.atomic import atomic_dir
 from zflora.method.fusion import fuse_adapter
-from zflora.method.gguf import copy_sidecar, is_gguf_ref, load_gguf, write_sidecar
+from zflora.method.gguf.presets import is_gguf_ref
+from zflora.method.gguf.read import load_gguf
+from zflora.method.gguf.sidecar import copy_sidecar, write_sidecar
 from zflora.method.loading import load_causal_lm
 from zflora.method.model import ZFLoRAModel
 

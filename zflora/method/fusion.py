@@ -194,6 +194,48 @@ def _slots(fused: nn.Module, layout: Layout, meta: dict[str, Any]) -> list[tuple
     return slots, norms
 
 
+def adapter_slice_values(fused: nn.Module, weights: AdapterWeights) -> dict[str, torch.Tensor]:
+    """What an adapter puts into a fused model's adapter slices, checked, by slot key.
+
+    Keys are the adapter's own tensor keys ('<module path>.B' for a reader's extra input
+    columns, '.A' for a writer's extra output rows) plus 'embed' (E·P) and, untied, 'head'
+    (W_h·Q), the products cached on `weights` for this model. The adapter must have been
+    trained on this model's base (fingerprint), fit its width (r <= w) and match its
+    shapes with finite values: a ZFLoRAError otherwise, before anything is written.
+    `swap_adapter` writes these values; `zflora.method.mixed` applies them per row.
+    """
+    meta = fused_meta(fused)
+    layout = layout_for(fused)
+    d, width = meta["base_hidden_size"], meta["width"]
+    if not same_base(weights.base_fingerprint, meta["base_fingerprint"]):
+        raise ZFLoRAError(
+            f"adapter {weights.source!r} was trained on another base model than this fused model's "
+            f"({describe_mismatch(weights.base_fingerprint, meta['base_fingerprint'])}); use an adapter of that base"
+        )
+    r = weights.config.r
+    if r > width:
+        raise ZFLoRAError(
+            f"adapter {weights.source!r} has r={r} but this fused model has room for {width} "
+            f"adapter channels; fuse the base again with this adapter (zflora fuse)"
+        )
+    # like PEFT's safe merge: keys, shapes and values are checked before the first write
+    check_adapter(weights, adapter_shapes(fused, weights.config.blocks, r, d, meta["tied"]))
+    values = dict(weights.tensors)
+    values.update(_stream_end_slices(fused, weights, layout, d))
+    return values
+
+
+def adapter_norm_value(fused: nn.Module, r: int | None) -> float:
+    """The norms' adapter-channel gamma with an adapter of rank r (None: the base, 1.0).
+
+    sqrt((d + r) / (d + w)): 1 without padding, and the value that makes the padded norm
+    equal the unpadded one otherwise (see layer.stream_norm_weight).
+    """
+    meta = fused_meta(fused)
+    d, width = meta["base_hidden_size"], meta["width"]
+    return ((d + r) / (d + width)) ** 0.5 if r is not None else 1.0
+
+
 @torch.no_grad()
 def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) -> nn.Module:
     """Switch a fused model to another adapter in place; None restores the exact base model.
@@ -206,30 +248,14 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
     """
     meta = fused_meta(fused)
     layout = layout_for(fused)
-    d, width = meta["base_hidden_size"], meta["width"]
+    width = meta["width"]
     weights = read_adapter(adapter) if isinstance(adapter, (str, Path)) else adapter
     if weights is not None and not isinstance(weights, AdapterWeights):
         raise ZFLoRAError(
             f"swap_adapter takes an adapter directory, AdapterWeights or None, got {type(adapter).__name__}"
         )
-    values: dict[str, torch.Tensor] = {}
-    r = 0
-    if weights is not None:
-        if not same_base(weights.base_fingerprint, meta["base_fingerprint"]):
-            raise ZFLoRAError(
-                f"adapter {weights.source!r} was trained on another base model than this fused model's "
-                f"({describe_mismatch(weights.base_fingerprint, meta['base_fingerprint'])}); use an adapter of that base"
-            )
-        r = weights.config.r
-        if r > width:
-            raise ZFLoRAError(
-                f"adapter {weights.source!r} has r={r} but this fused model has room for {width} "
-                f"adapter channels; fuse the base again with this adapter (zflora fuse)"
-            )
-        # like PEFT's safe merge: keys, shapes and values are checked before the first write
-        check_adapter(weights, adapter_shapes(fused, weights.config.blocks, r, d, meta["tied"]))
-        values = dict(weights.tensors)
-        values.update(_stream_end_slices(fused, weights, layout, d))
+    values = adapter_slice_values(fused, weights) if weights is not None else {}
+    r = weights.config.r if weights is not None else 0
 
     slots, norms = _slots(fused, layout, meta)
     targets, sources, zeros = [], [], []
@@ -246,7 +272,7 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
         torch._foreach_zero_(zeros)
     if targets:
         torch._foreach_copy_(targets, sources)
-    norm_value = ((d + r) / (d + width)) ** 0.5 if weights is not None else 1.0
+    norm_value = adapter_norm_value(fused, r if weights is not None else None)
     for norm in norms:
         norm.fill_(norm_value)
     meta.update(

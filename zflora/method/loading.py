@@ -4,7 +4,7 @@ Weights load only through safetensors (`use_safetensors=True`: no pickle) and
 `trust_remote_code` stays off unless the caller turns it on. Every failure a user can
 cause (missing directory, no weights, offline hub id) becomes one ZFLoRAError that says
 what is missing and how to provide it. A path ending in `.gguf` or a GGUF preset name
-(`smollm2-135m-instruct`) is dequantized into a plain model (zflora.method.gguf).
+(`smollm2-135m-instruct`) is dequantized into a plain model (zflora.method.gguf.read).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zflora.errors import ZFLoRAError
+from zflora.errors import ZFLoRAError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -72,7 +72,8 @@ def load_causal_lm(
     ZFLoRAError when unavailable."""
     from transformers import AutoModelForCausalLM
 
-    from zflora.method.gguf import is_gguf_ref, load_gguf
+    from zflora.method.gguf.presets import is_gguf_ref
+    from zflora.method.gguf.read import load_gguf
 
     name = str(name_or_path)
     if is_gguf_ref(name):
@@ -90,15 +91,15 @@ def load_causal_lm(
     except OSError as e:
         if local:
             raise ZFLoRAError(
-                f"cannot load model from {name!r} ({_first_line(e)}); re-save it with save_pretrained"
+                f"cannot load model from {name!r} ({first_line(e)}); re-save it with save_pretrained"
             ) from None
         raise ZFLoRAError(
-            f"model {name!r} is not available offline and the hub cannot be reached ({_first_line(e)}); "
+            f"model {name!r} is not available offline and the hub cannot be reached ({first_line(e)}); "
             "download it on a connected machine (`hf download " + name + "`) and pass the local directory, "
             "or set HF_HOME to a cache that holds it"
         ) from None
     except ValueError as e:
-        raise ZFLoRAError(f"cannot load {name!r} as a causal LM: {_first_line(e)}") from None
+        raise ZFLoRAError(f"cannot load {name!r} as a causal LM: {first_line(e)}") from None
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -117,14 +118,9 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=bool(trust_remote_code))
     except (OSError, ValueError) as e:
         raise ZFLoRAError(
-            f"cannot load the tokenizer of {name!r} ({_first_line(e)}); save it next to the model"
+            f"cannot load the tokenizer of {name!r} ({first_line(e)}); save it next to the model"
         ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:160] if text else type(error).__name__

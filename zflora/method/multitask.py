@@ -25,6 +25,7 @@ On disk, a multi-task directory (what the MLflow registry stores):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -37,7 +38,9 @@ from torch import nn
 from zflora.errors import ZFLoRAError
 from zflora.method.adapter_file import AdapterWeights, read_adapter, write_adapter
 from zflora.method.atomic import atomic_dir
-from zflora.method.gguf import copy_sidecar
+from zflora.method.generation import generate_text
+from zflora.method.gguf.sidecar import copy_sidecar
+from zflora.method.mixed import MixedAdapters
 
 FORMAT = "zflora-multitask"
 FORMAT_VERSION = 1
@@ -57,6 +60,36 @@ def check_task_name(task: Any) -> str:
             f"task name {task!r} is not valid; use letters, digits, '.', '_' or '-' (it names a directory)"
         )
     return task
+
+
+def plan_batches(
+    tasks: Sequence[str | None], batch_size: int = 16, first: str | None = None
+) -> list[list[int]]:
+    """Batches of row indices for rows of these tasks: per-task batches, or task-sorted packed ones.
+
+    Rows are ordered by task (`first`'s rows first, then tasks by first appearance). Grouped:
+    each task's rows cut into batches of `batch_size`, every batch one task (a swap and the
+    plain fused model). Packed: the same order cut into batches of `batch_size`, so a batch
+    may span several tasks (one pass with per-row adapters). The rule: pack when packing
+    needs fewer batches (sum of ceil(n_t / B) over tasks > ceil(N / B)), else group.
+
+    Where it comes from (benchmarks/mixed_rule.py, results/mixed-rule-2026-12-07.md, CPU, one
+    thread): a decoding step's cost grows slowly with its rows, so a batch saved is worth
+    most of a full batch, while a mixed batch costs a few percent more per task it holds
+    (SmolLM2-135M shape: +10 % at 8 tasks in 16 rows, +26 % at 16). Packing won every
+    configuration where it saved a batch; with equal batch counts grouping was as fast and
+    keeps every row bit-identical to its task's fused checkpoint.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ZFLoRAError(f"batch_size must be a positive integer, got {batch_size!r}")
+    groups: dict[str | None, list[int]] = {}
+    for row, task in enumerate(tasks):
+        groups.setdefault(task, []).append(row)
+    order = sorted(groups, key=lambda t: t != first)  # stable: `first` leads, then first appearance
+    grouped = [groups[t][i : i + batch_size] for t in order for i in range(0, len(groups[t]), batch_size)]
+    rows = [row for t in order for row in groups[t]]
+    packed = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    return packed if len(packed) < len(grouped) else grouped
 
 
 class MultiTaskModel:
@@ -106,6 +139,8 @@ class MultiTaskModel:
             self.adapters[task] = weights
         swap_adapter(fused, None)
         self.active: str | None = None
+        self.mixed = MixedAdapters(fused, self.adapters)
+        self.last_batches: list[tuple[str, list[str | None]]] = []
 
     @property
     def tasks(self) -> list[str]:
@@ -141,6 +176,13 @@ class MultiTaskModel:
                 swap_adapter(self.model, None if task is None else self.adapters[task])
                 self.active = task
 
+    def plan(self, tasks: Sequence[str | None], batch_size: int = 16) -> list[list[int]]:
+        """The batches (row indices, in the order they run) that `generate` makes of these rows.
+
+        See `plan_batches`; the active task's rows come first, so its batches need no swap.
+        """
+        return plan_batches(tasks, batch_size, first=self.active)
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -151,11 +193,12 @@ class MultiTaskModel:
     ) -> list[str]:
         """Greedy completions in input order; row i runs with adapter `tasks[i]` (None: the base).
 
-        `chat` as in `generate_text`: a tokenizer's chat template formats each prompt
-        (False: the raw text).
+        The rows run in the batches `plan` gives. A batch of one task swaps that task's adapter
+        in and runs the plain fused model; a batch of several tasks (the base among them) runs
+        once at the base state with per-row adapters (`zflora.method.mixed`). `last_batches`
+        records what ran: one (path, tasks) pair per batch, path "swap" or "mixed". `chat` as in
+        `generate_text`: a tokenizer's chat template formats each prompt (False: the raw text).
         """
-        from zflora.harness.generation import generate_text
-
         if self.tokenizer is None:
             self.tokenizer = self._saved_tokenizer()
         prompts = list(prompts)
@@ -167,24 +210,24 @@ class MultiTaskModel:
         for row, task in enumerate(tasks):
             if task is not None and task not in self.adapters:
                 raise ZFLoRAError(f"row {row}: {self._unknown(task)}")
-        groups: dict[str | None, list[int]] = {}
-        for row, task in enumerate(tasks):
-            groups.setdefault(task, []).append(row)
         completions: list[str | None] = [None] * len(prompts)
         with self._lock:
-            order = sorted(groups, key=lambda t: t != self.active)  # stable: the active task first
-            for task in order:
-                rows = groups[task]
-                self.use(task)
-                texts = generate_text(
-                    self.model,
-                    self.tokenizer,
-                    [prompts[i] for i in rows],
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
-                    chat=chat,
-                    labels=[f"row {i} (task {task or 'base'})" for i in rows],
-                )
+            self.last_batches: list[tuple[str, list[str | None]]] = []
+            for rows in self.plan(tasks, batch_size):
+                batch_tasks = [tasks[i] for i in rows]
+                mixed = len(set(batch_tasks)) > 1
+                self.use(None if mixed else batch_tasks[0])
+                with self.mixed.rows(batch_tasks) if mixed else contextlib.nullcontext():
+                    texts = generate_text(
+                        self.model,
+                        self.tokenizer,
+                        [prompts[i] for i in rows],
+                        max_new_tokens=max_new_tokens,
+                        batch_size=len(rows),
+                        chat=chat,
+                        labels=[f"row {i} (task {tasks[i] or 'base'})" for i in rows],
+                    )
+                self.last_batches.append(("mixed" if mixed else "swap", batch_tasks))
                 for i, text in zip(rows, texts):
                     completions[i] = text
         return completions  # type: ignore[return-value]
