@@ -24,6 +24,7 @@ from zflora.harness.profiling.settings import PRESETS, ProfileSettings
 from zflora.harness.settings import (
     DEFAULT_LEARNING_RATES,
     TRAINED_METHODS,
+    ZFLORA_BLOCKS,
     AdapterSettings,
     EvaluateSettings,
     TinyBaseSettings,
@@ -156,7 +157,10 @@ class TrainParams(TrainSettings):
 class TuneParams(Section):
     """`tune` stage (one per method): learning-rate selection on the validation split
     (data.validation_size examples carved from the training data; the test split is never
-    read). Each candidate trains on every tuned task; the best mean validation score wins."""
+    read). Each candidate trains on every tuned task and is scored on its validation split;
+    each task then trains at its own best candidate (per_task), or every task at the best
+    mean (per_task: false). Tasks left out of tune.tasks train at the best mean and are
+    reported as untuned, outside the averages."""
 
     learning_rates: dict[str, list[float]] = Field(
         default_factory=dict,
@@ -164,10 +168,19 @@ class TuneParams(Section):
         + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items())
         + " (untuned); one value: that rate, untuned",
     )
+    init_scales: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="zFLoRA methods: candidates for adapter.init_scale (the readers' initial std), "
+        "crossed with the learning rates; a method without a list uses adapter.init_scale",
+    )
     max_steps: int | None = Field(
         None, gt=0, description="steps per candidate (default: the train section's budget)"
     )
     tasks: list[str] | None = Field(None, min_length=1, description="tasks to tune on (default: data.tasks)")
+    per_task: bool = Field(
+        True,
+        description="each tuned task trains at its own best candidate (false: every task at the best mean)",
+    )
 
     @field_validator("learning_rates")
     @classmethod
@@ -183,6 +196,22 @@ class TuneParams(Section):
             if len(set(candidates)) != len(candidates):
                 raise ValueError(f"{method}: duplicate learning rate in {candidates}")
         return rates
+
+    @field_validator("init_scales")
+    @classmethod
+    def _init_scales(cls, scales: dict[str, list[float]]) -> dict[str, list[float]]:
+        for method, candidates in scales.items():
+            if method not in ZFLORA_BLOCKS:
+                raise ValueError(
+                    f"init scales for {method!r}, which has no zFLoRA readers; zFLoRA methods are {list(ZFLORA_BLOCKS)}"
+                )
+            if (
+                not candidates
+                or not all(0 < scale < 10 for scale in candidates)
+                or len(set(candidates)) != len(candidates)
+            ):
+                raise ValueError(f"{method}: list distinct init scales in (0, 10), got {candidates}")
+        return scales
 
     def candidates(self, method: str) -> list[float]:
         return self.learning_rates.get(method) or [DEFAULT_LEARNING_RATES[method]]
@@ -271,7 +300,11 @@ class Params(Section):
         outside = [t for t in self.tune.tasks or [] if t not in self.data.tasks]
         if outside:
             raise ValueError(f"tune.tasks {outside} are not in data.tasks {self.data.tasks}")
-        tuned = [m for m in self.train.methods if len(self.tune.learning_rates.get(m, [])) > 1]
+        tuned = [
+            m
+            for m in self.train.methods
+            if len(self.tune.learning_rates.get(m, [])) * len(self.tune.init_scales.get(m, [None])) > 1
+        ]
         if tuned and not self.data.validation_size:
             raise ValueError(
                 f"tune.learning_rates lists several candidates for {tuned}, which needs a validation "
@@ -299,7 +332,7 @@ class Params(Section):
                 "evaluate": self.evaluate,
                 **half,
             },
-            "train": {"train": self.train, "adapter": self.adapter, **half},
+            "train": {"train": self.train, "adapter": self.adapter, "per_task": self.tune.per_task, **half},
             "fuse": {"fuse": self.fuse, "tracking": self.tracking, "model": self.model},
             "evaluate": {"evaluate": self.evaluate, **half},
             "evaluate-base": {"evaluate": self.evaluate, **half},
@@ -309,6 +342,8 @@ class Params(Section):
                 "tasks": self.data.tasks,
                 "methods": self.train.methods,
                 "targets": self.profile.targets,
+                "tuned_tasks": self.tune.tasks or self.data.tasks,
+                "per_task": self.tune.per_task,
             },
         }
         return stages[stage]

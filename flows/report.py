@@ -28,6 +28,8 @@ def report_flow(params: Params) -> dict:
             params.profile.targets,
             params.report.title,
             str(REPORTS),
+            tuned_tasks=params.tune.tasks or params.data.tasks,
+            per_task=params.tune.per_task,
         )
     with atomic_dir(
         METRICS / "accuracy"

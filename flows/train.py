@@ -2,7 +2,8 @@
 
     python -m flows train --task embedded-math --method zflora [--params params.yaml]
 
-The learning rate is the tune stage's selection (artifacts/tune/<method>). With
+The learning rate (and zFLoRA's init scale, when tuned) is the tune stage's selection for
+this task (artifacts/tune/<method>; tune.per_task). With
 train.seeds = n the method trains n times (seeds seed ... seed+n-1): the first seed's
 model goes to artifacts/train/<task>/<method> (fused and registered), the others to its
 seeds/<seed>/ sub-folders. Checkpoints go to work/checkpoints/<task>/<method>[-seed-<s>]
@@ -14,7 +15,7 @@ DDP (HF Trainer); only rank 0 writes.
 from __future__ import annotations
 
 from tasks.io import write_json
-from tasks.selection import selected_learning_rate
+from tasks.selection import selected
 from tasks.tracking import is_main_process, stage_run
 from tasks.training import train
 
@@ -28,9 +29,11 @@ def train_flow(params: Params, task: str, method: str) -> dict:
     check_method_listed(params, method)
     settings = params.stage_settings("train")
     section = settings.pop("train")
-    rate = selected_learning_rate(tune_dir(method))
+    rate, init_scale = selected(tune_dir(method), task, settings.pop("per_task"))
+    if init_scale is not None:
+        settings["adapter"] = settings["adapter"].model_copy(update={"init_scale": init_scale})
     seeds = section.seed_list()
-    logged = {"train": section.to_dict(), "adapter": params.adapter.to_dict(), "learning_rate": rate}
+    logged = {"train": section.to_dict(), "adapter": settings["adapter"].to_dict(), "learning_rate": rate}
     with stage_run("train", params.tracking.experiment, logged, tags={"task": task, "method": method}):
         runs = [
             train(

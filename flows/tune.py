@@ -37,9 +37,12 @@ def tune_flow(params: Params, method: str) -> dict:
             str(tune_dir(method)),
             str(WORK / "tune" / method),
             train=train.with_learning_rate(method, None),
+            init_scales=tune_params.init_scales.get(method),
             **settings,
         )
     write_json(METRICS / "tune" / f"{method}.json", selection)
     how = "selected on validation from" if selection["tuned"] else "a single candidate, not tuned:"
-    print(f"{method}: learning rate {selection['learning_rate']:g} ({how} {candidates})")
+    print(f"{method}: learning rate {selection['learning_rate']:g} ({how} {selection['candidates']})")
+    if selection["tuned"] and tune_params.per_task:
+        print(f"{method}: per task {selection['per_task']}")
     return selection

@@ -12,16 +12,24 @@ from zflora.harness.settings import headline_score
 from zflora.method.atomic import atomic_dir
 
 from .io import read_json
-from .selection import SELECTION
+from .selection import SELECTION, candidate_label
 
 METHOD_ORDER = ("base", "lora", "zflora", "lora-eqparams", "zflora-eqparams", "zflora-mha", "fft")
 
 
 def collect(
-    eval_root: Path, train_root: Path, tune_root: Path, tasks: list[str], methods: list[str]
+    eval_root: Path,
+    train_root: Path,
+    tune_root: Path,
+    tasks: list[str],
+    methods: list[str],
+    tuned_tasks: list[str] | None = None,
 ) -> dict[str, Any]:
     """Per method: each task's score (the mean over seeds when there are several) and range,
-    forms agreement, trainable parameters, rank, and the learning rate with how it was chosen."""
+    forms agreement, trainable parameters, rank, and the learning rate with how it was chosen.
+    The average is over `tuned_tasks` (default: all): a task left out of learning-rate
+    selection is reported, not averaged."""
+    averaged = [t for t in tasks if tuned_tasks is None or t in tuned_tasks]
     rows: dict[str, dict[str, Any]] = {}
     for method in methods:
         row: dict[str, Any] = {
@@ -53,18 +61,26 @@ def collect(
         selection = read_json(selection_file) if selection_file.is_file() else {}
         row["learning_rate"] = selection.get("learning_rate")
         row["lr_tuned"] = bool(selection.get("tuned"))
-        row["average"] = sum(row["scores"].values()) / len(tasks)
+        row["per_task"] = selection.get("per_task") or {}
+        row["average"] = sum(row["scores"][t] for t in averaged) / len(averaged) if averaged else float("nan")
         rows[method] = row
     return rows
 
 
-def accuracy_markdown(rows: dict[str, Any], tasks: list[str], title: str) -> str:
+def accuracy_markdown(
+    rows: dict[str, Any],
+    tasks: list[str],
+    title: str,
+    tuned_tasks: list[str] | None = None,
+    per_task: bool = False,
+) -> str:
     metric_names = next(iter(rows.values()))["metric"]
+    untuned = [t for t in tasks if tuned_tasks is not None and t not in tuned_tasks]
     header = [
         "method",
         "r",
-        *[f"{t} ({metric_names[t]})" for t in tasks],
-        "average",
+        *[f"{t} ({metric_names[t]}){', untuned' if t in untuned else ''}" for t in tasks],
+        "average" + (" (tuned tasks)" if untuned else ""),
         "trainable params",
         "learning rate",
         "forms agree",
@@ -83,8 +99,20 @@ def accuracy_markdown(rows: dict[str, Any], tasks: list[str], title: str) -> str
         + "LoRA is scored unmerged and merged, zFLoRA unfused and fused (first seed); 'forms agree' is the "
         "share of test examples on which those forms produced the same completion. Learning rates: "
         "'validation' = selected on the validation split carved from the training data (the tune stage), "
-        "'fixed' = a single candidate. The -eqparams methods train at the rank whose trainable-parameter "
-        "count matches the other method's at the shared rank.",
+        "'fixed' = a single candidate"
+        + (
+            "; with several, each task's own best candidate on its validation split (per task, in task order)"
+            if per_task
+            else ""
+        )
+        + ". The -eqparams methods train at the rank whose trainable-parameter "
+        "count matches the other method's at the shared rank."
+        + (
+            f" {', '.join(untuned)}: left out of the selection (tune.tasks), so trained at the best mean "
+            "of the tuned tasks; shown, but not in the average."
+            if untuned
+            else ""
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -92,18 +120,34 @@ def accuracy_markdown(rows: dict[str, Any], tasks: list[str], title: str) -> str
     for method, row in rows.items():
         params = row["trainable_parameters"]
         agreement = min(row["agreement"].values())
-        rate = row["learning_rate"]
         cells = [
             method,
             "-" if row["r"] is None else str(row["r"]),
             *[_score_cell(row, t) for t in tasks],
             f"{row['average']:.1f}",
             "-" if params is None else f"{params:,}",
-            "-" if rate is None else f"{rate:g} ({'validation' if row['lr_tuned'] else 'fixed'})",
+            _rate_cell(row, tasks, per_task),
             f"{100 * agreement:.0f}%",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rate_cell(row: dict[str, Any], tasks: list[str], per_task: bool) -> str:
+    """'0.01 (validation)', '0.005 / 0.01 / 0.01 (validation, per task)', '0.002, init 0.08 ...', '-'."""
+    if row["learning_rate"] is None:
+        return "-"
+
+    def one(choice: dict[str, Any]) -> str:
+        scale = choice.get("init_scale")
+        return f"{choice['learning_rate']:g}" + ("" if scale is None else f", init {scale:g}")
+
+    if not row["lr_tuned"]:
+        return f"{one(row)} (fixed)"
+    chosen = [row["per_task"][t] for t in tasks if t in row["per_task"]] if per_task else []
+    if chosen and len({one(c) for c in chosen}) > 1:
+        return " / ".join(one(row["per_task"].get(t, row)) for t in tasks) + " (validation, per task)"
+    return f"{one(chosen[0] if chosen else row)} (validation)"
 
 
 def _score_cell(row: dict[str, Any], task_name: str) -> str:
@@ -121,11 +165,11 @@ def tune_markdown(tune_root: Path, methods: list[str]) -> str:
         if not selection.get("tuned"):
             continue
         cells = []
-        for rate, scores in selection["scores"].items():
+        best = candidate_label(selection["learning_rate"], selection.get("init_scale"))
+        for label, scores in selection["scores"].items():
             mean = scores.get("mean")
             text = "diverged" if mean is None else f"{mean:.1f}"
-            chosen = float(rate) == selection["learning_rate"]
-            cells.append(f"**{rate}: {text}**" if chosen else f"{rate}: {text}")
+            cells.append(f"**{label}: {text}**" if label == best else f"{label}: {text}")
         lines.append(
             f"| {method} | {', '.join(selection['tasks'])} | {selection['steps']} | {'; '.join(cells)} |"
         )
@@ -137,7 +181,8 @@ def tune_markdown(tune_root: Path, methods: list[str]) -> str:
                 "",
                 "## Learning-rate selection (validation split)",
                 "",
-                "Mean validation score per candidate (first seed; steps: the budget per candidate, -1 = the train section's epochs); the selected one in bold.",
+                "Mean validation score per candidate (first seed; steps: the budget per candidate, -1 = the train section's epochs); the best mean in bold. "
+                "A candidate is a learning rate, or rate@init=<zFLoRA readers' initial std>; per task, the scores are in artifacts/tune/<method>/selection.json.",
                 "",
                 "| method | tasks | steps | candidate: mean validation score |",
                 "|---|---|---|---|",
@@ -188,16 +233,19 @@ def build_report(
     profile_targets: list[str],
     title: str,
     out_dir: str,
+    tuned_tasks: list[str] | None = None,
+    per_task: bool = False,
 ) -> dict[str, Any]:
     import mlflow
 
     from .io import write_json
 
     methods = sorted(methods, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
-    rows = collect(Path(eval_root), Path(train_root), Path(tune_root), tasks, methods)
+    rows = collect(Path(eval_root), Path(train_root), Path(tune_root), tasks, methods, tuned_tasks)
     with atomic_dir(out_dir) as tmp:
         (tmp / "accuracy.md").write_text(
-            accuracy_markdown(rows, tasks, title) + tune_markdown(Path(tune_root), methods)
+            accuracy_markdown(rows, tasks, title, tuned_tasks, per_task)
+            + tune_markdown(Path(tune_root), methods)
         )
         write_json(tmp / "accuracy.json", rows)
         accuracy_plot(rows, tasks, tmp / "accuracy.png")

@@ -28,8 +28,10 @@ def tune(
     evaluate: EvaluateSettings,
     dtype: str,
     trust_remote_code: bool,
+    init_scales: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Write out_dir/selection.json: the selected learning rate and every candidate's validation scores."""
+    """Write out_dir/selection.json: the selected learning rate (and init scale), overall and per
+    task, and every candidate's validation scores."""
     from zflora.harness.tune import select_learning_rate
 
     data = {
@@ -47,15 +49,16 @@ def tune(
         work_dir=work_dir,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
+        init_scales=init_scales,
     )
     selection["tasks"] = list(data_dirs)
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / SELECTION, selection)
     log_numeric_metrics({"learning_rate": selection["learning_rate"], "tuned": selection["tuned"]})
-    for rate, scores in selection.get("scores", {}).items():
-        if scores.get("mean") is not None:  # one metric per candidate: validation_mean@lr=0.005
+    for label, scores in selection.get("scores", {}).items():
+        if scores.get("mean") is not None:  # one metric per candidate: validation_mean_lr_0.005
             import mlflow
 
-            mlflow.log_metric(f"validation_mean_lr_{rate}", scores["mean"])
+            mlflow.log_metric(f"validation_mean_lr_{label.replace('@init=', '_init_')}", scores["mean"])
     log_json_artifact(selection, SELECTION)
     return selection

@@ -89,7 +89,7 @@ def test_learning_rate_selection_reads_validation_and_skips_diverged_candidates(
         work_dir=tmp_path / "tune",
         progress=False,
     )
-    assert result["tuned"] and result["diverged"] == [0.9], result
+    assert result["tuned"] and result["diverged"] == ["0.9"], result
     assert result["scores"]["0.9"] == {"mean": None}
     means = {float(k): v["mean"] for k, v in result["scores"].items() if v["mean"] is not None}
     assert set(means) == {1e-3, 3e-2}

@@ -36,6 +36,7 @@ OTHER_VALUE: dict[str, Any] = {
     "data.data_dir": "data/local",
     "train.methods": ["zflora"],
     "tune.learning_rates": {"zflora": [0.02, 0.04]},
+    "tune.init_scales": {"zflora": [0.02, 0.08]},
     "tune.tasks": ["embedded-math"],
     "train.lr_scheduler": "linear",
     "profile.targets": ["base"],

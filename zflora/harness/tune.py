@@ -11,9 +11,11 @@
 Each candidate trains the method on each task's training examples with the same settings
 (only the learning rate differs), is scored on that task's validation examples in its
 training form (greedy decoding, the task's own metric, in percent), and the candidate
-with the best mean score over the tasks wins; ties go to the earlier candidate. A
-candidate whose loss diverges scores nothing and cannot win. With one candidate nothing
-is trained: it is the learning rate, untuned.
+with the best mean score over the tasks wins; ties go to the earlier candidate. The best
+candidate of each task on its own validation split is kept too (`per_task`): the train
+stage uses it for that task (tune.per_task). `init_scales` adds zFLoRA's readers'
+initial std to the grid. A candidate whose loss diverges scores nothing and cannot win.
+With one candidate nothing is trained: it is the learning rate, untuned.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from zflora.harness.methods import AdapterSettings
 from zflora.harness.train import TrainingDiverged, TrainSettings, check_trainable, train_method
 
 
+def candidate_label(rate: float, init_scale: float | None) -> str:
+    """How a candidate is named in the scores: '0.005', or '0.005@init=0.08' with an init scale
+    (tasks/selection.py reads these names back)."""
+    return f"{rate:g}" if init_scale is None else f"{rate:g}@init={init_scale:g}"
+
+
 def select_learning_rate(
     base_path: str | Path,
     method: str,
@@ -42,28 +50,36 @@ def select_learning_rate(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     progress: bool = True,
+    init_scales: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Train `method` at each candidate learning rate on every task of `data`
-    ({task: (train examples, validation examples)}) and keep the best on validation.
+    """Train `method` at each candidate learning rate (x each of `init_scales`, zFLoRA's
+    readers' initial std, when given) on every task of `data` ({task: (train examples,
+    validation examples)}) and keep the best on validation: overall (best mean over the
+    tasks) and per task (best score on that task's own validation split).
 
-    Returns {method, learning_rate, tuned, candidates, scores: {lr: {task: score, mean}},
-    diverged: [lr, ...], steps, seed}. Trained candidates are deleted from `work_dir`.
+    Returns {method, learning_rate, init_scale, per_task: {task: {learning_rate,
+    init_scale, score}}, tuned, candidates, scores: {label: {task: score, mean}},
+    diverged: [label, ...], steps, seed}. Trained candidates are deleted from `work_dir`.
     """
     check_trainable(method)
     if not candidates:
         raise ZFLoRAError(f"no learning-rate candidates for {method}; list at least one")
     settings = settings or TrainSettings()
+    adapter = adapter or AdapterSettings()
+    grid = [(rate, scale) for rate in candidates for scale in (init_scales or [None])]
     result: dict[str, Any] = {
         "method": method,
-        "candidates": list(candidates),
-        "tuned": len(candidates) > 1,
+        "candidates": [candidate_label(*c) for c in grid],
+        "tuned": len(grid) > 1,
         "scores": {},
         "diverged": [],
         "steps": settings.max_steps,
         "seed": settings.seed,
     }
-    if len(candidates) == 1:
-        return {**result, "learning_rate": candidates[0]}
+    if len(grid) == 1:
+        rate, scale = grid[0]
+        chosen = {"learning_rate": rate, "init_scale": scale}
+        return {**result, **chosen, "per_task": {task: dict(chosen) for task in data}}
     empty = [task for task, (_, validation) in data.items() if not validation]
     if not data or empty:
         raise ZFLoRAError(
@@ -73,12 +89,15 @@ def select_learning_rate(
         )
     evaluate = evaluate or EvaluateSettings()
     work_dir = Path(work_dir)
-    best: tuple[float, float] | None = None  # (mean score, learning rate)
-    for rate in candidates:
+    best: tuple[float, float, float | None] | None = None  # (mean score, learning rate, init scale)
+    best_per_task: dict[str, dict[str, Any]] = {}
+    for rate, scale in grid:
+        label = candidate_label(rate, scale)
         per_task: dict[str, float] = {}
         trial = settings.model_copy(update={"learning_rates": {**settings.learning_rates, method: rate}})
+        shape = adapter if scale is None else adapter.model_copy(update={"init_scale": scale})
         for task_name, (train, validation) in data.items():
-            out = work_dir / f"lr-{rate:g}" / task_name
+            out = work_dir / f"lr-{label}" / task_name
             try:
                 train_method(
                     base_path,
@@ -86,15 +105,15 @@ def select_learning_rate(
                     out,
                     method,
                     settings=trial,
-                    adapter=adapter,
+                    adapter=shape,
                     dtype=dtype,
                     work_dir=out.with_name(f".{task_name}.checkpoints"),
                     progress=progress,
                     trust_remote_code=trust_remote_code,
                 )
             except TrainingDiverged as e:
-                print(f"{method} at learning rate {rate:g} on {task_name}: {e}")
-                result["diverged"].append(rate)
+                print(f"{method} at {label} on {task_name}: {e}")
+                result["diverged"].append(label)
                 break
             spec = get_task(task_name)
             ((model, tokenizer),) = build_variants(
@@ -105,17 +124,20 @@ def select_learning_rate(
             )
             per_task[task_name] = round(headline_score(metrics, spec.metric), 2)
             del model
-        shutil.rmtree(work_dir / f"lr-{rate:g}", ignore_errors=True)
-        if rate in result["diverged"]:
-            result["scores"][f"{rate:g}"] = {"mean": None}
+        shutil.rmtree(work_dir / f"lr-{label}", ignore_errors=True)
+        if label in result["diverged"]:
+            result["scores"][label] = {"mean": None}
             continue
         mean = sum(per_task.values()) / len(per_task)
-        result["scores"][f"{rate:g}"] = {**per_task, "mean": round(mean, 2)}
-        print(f"{method} at learning rate {rate:g}: validation {per_task} (mean {mean:.1f})")
+        result["scores"][label] = {**per_task, "mean": round(mean, 2)}
+        print(f"{method} at {label}: validation {per_task} (mean {mean:.1f})")
         if best is None or mean > best[0]:
-            best = (mean, rate)
+            best = (mean, rate, scale)
+        for task_name, score in per_task.items():  # ties go to the earlier candidate
+            if task_name not in best_per_task or score > best_per_task[task_name]["score"]:
+                best_per_task[task_name] = {"learning_rate": rate, "init_scale": scale, "score": score}
     if best is None or not math.isfinite(best[0]):
         raise ZFLoRAError(
-            f"every learning rate for {method} diverged ({candidates}); list smaller candidates"
+            f"every learning rate for {method} diverged ({result['candidates']}); list smaller candidates"
         )
-    return {**result, "learning_rate": best[1]}
+    return {**result, "learning_rate": best[1], "init_scale": best[2], "per_task": best_per_task}
