@@ -163,6 +163,7 @@ def test_prepare_carves_validation_from_training_data(tmp_path, monkeypatch):
     from tasks.data import prepare_task
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the default experiment's artifacts go to ./mlruns, not the checkout
     import mlflow
 
     params = {"train_size": 30, "validation_size": 10, "test_size": 10, "seed": 0, "data_dir": None}
