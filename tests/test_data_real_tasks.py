@@ -4,6 +4,7 @@ local file layouts and the LLM-Adapters format are read, and a missing hub datas
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,32 @@ def test_missing_local_file_says_which_names_are_accepted(tmp_path):
         load_examples("gsm8k", "train", data_dir=str(tmp_path))
     with pytest.raises(ZFLoRAError, match="does not exist"):
         load_examples("gsm8k", "train", data_dir=str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(
+    "name,text",
+    [("test.jsonl", ""), ("test.jsonl", "\n\n"), ("test.json", "[]"), ("test.csv", "question,answer\n")],
+)
+def test_an_empty_dataset_file_is_refused_naming_the_file(name, text, tmp_path):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(
+        ZFLoRAError, match=rf"task 'gsm8k': {re.escape(str(tmp_path / name))} holds no rows; put"
+    ):
+        load_examples("gsm8k", "test", data_dir=str(tmp_path))
+
+
+def test_a_malformed_dataset_line_is_named_by_its_file_and_line(tmp_path):
+    good = json.dumps({"question": "1+1?", "answer": "#### 2"})
+    (tmp_path / "test.jsonl").write_text(f"{good}\n\n{good}\n{{not json\n{good}\n")
+    path = re.escape(str(tmp_path / "test.jsonl"))
+    with pytest.raises(
+        ZFLoRAError, match=rf"task 'gsm8k': {path}:4 is not valid JSON \(.* at column 2\); fix"
+    ):
+        load_examples("gsm8k", "test", data_dir=str(tmp_path))
+    (tmp_path / "test.jsonl").unlink()
+    (tmp_path / "test.json").write_text(f"[\n{good},\n{{not json}}\n]")
+    with pytest.raises(ZFLoRAError, match=r"cannot read .*test.json: .*line 3 column 2"):
+        load_examples("gsm8k", "test", data_dir=str(tmp_path))
 
 
 def test_rows_in_a_foreign_schema_fail_with_their_keys(tmp_path):
