@@ -305,6 +305,21 @@ def test_fusion_refuses_an_adapter_whose_embedding_product_overflows(tmp_path):
         zflora.swap_adapter(fused, zm.adapter_weights())
 
 
+def test_swap_refuses_adapter_values_beyond_the_fused_models_dtype():
+    """1e5 is finite in the adapter's float32 but not in a float16 model: refused before any write."""
+    zm = zflora.get_zflora_model(tiny_model(), ZFLoRAConfig(r=4))
+    randomize_adapter(zm)
+    fused = zm.fuse().to(torch.float16)
+    key = "model.layers.1.mlp.down_proj.A"
+    with torch.no_grad():
+        zm.adapter_state_dict()[key][0, 0] = 1e5
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    with pytest.raises(ZFLoRAError, match=rf"{re.escape(key)} holds values beyond the range of .*float16"):
+        zflora.swap_adapter(fused, zm.adapter_weights())
+    assert all(torch.equal(state[k], v) for k, v in fused.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in fused.state_dict().values())
+
+
 # ----------------------------------------------------------------------------- writes cut off midway
 
 
