@@ -141,3 +141,49 @@ def model_dir(tmp_path):
 
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture
+def network_calls(monkeypatch):
+    """Every attempt to reach the network (a name lookup or a connect outside Unix sockets), recorded
+    and refused: a test asserts the list stays empty, so a client that tries (or retries) shows up."""
+    import socket
+
+    calls: list[tuple] = []
+
+    def refuse(what, *args):
+        calls.append((what, *args))
+        raise OSError(f"network access in a test: {what}{args}")
+
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(sock, address):
+        if sock.family == socket.AF_UNIX:
+            return real_connect(sock, address)
+        refuse("connect", address)
+
+    def connect_ex(sock, address):
+        if sock.family == socket.AF_UNIX:
+            return real_connect_ex(sock, address)
+        refuse("connect_ex", address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: refuse("getaddrinfo", *args))
+    monkeypatch.setattr(
+        socket, "create_connection", lambda address, *a, **k: refuse("create_connection", address)
+    )
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    return calls
+
+
+@pytest.fixture
+def hub_clients_online(monkeypatch):
+    """The hub clients' offline flags as a process started without HF_HUB_OFFLINE has them (they
+    read it once, at import, and this file sets it for every test): only zflora's own offline
+    handling can then keep them off the network."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)

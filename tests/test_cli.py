@@ -134,10 +134,17 @@ def test_generate_applies_an_adapter_to_a_fused_model_by_swapping(model_dir, ada
             ["generate", "--model", "{base}", "--prompt", "x", "--max-new-tokens", "500"],
             "exceeds the model's context of 128",
         ),
-        (["generate", "--model", "models:/zflora-x@latest", "--prompt", "x"], "models:/"),
+        (
+            ["generate", "--model", "models:/zflora-x@latest", "--prompt", "x"],
+            # the message, not the echoed argument: what failed, where, why and what to do
+            r"^zflora: error: cannot fetch models:/zflora-x@latest from the MLflow registry at "
+            r"sqlite:///.*\(.*zflora-x.* not found\); check the name and alias",
+        ),
     ],
 )
-def test_user_errors_are_one_line(argv, message, model_dir, adapter_dir, tmp_path, capsys):
+def test_user_errors_are_one_line(argv, message, model_dir, adapter_dir, tmp_path, capsys, monkeypatch):
+    # a registry lookup must not create the checkout's mlflow.db
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     argv = [a.format(tmp=tmp_path, base=model_dir, adapter=adapter_dir) for a in argv]
     code, _, err = run(capsys, *argv)
     assert code == 2

@@ -116,8 +116,38 @@ def test_malformed_adapter_json_is_refused(saved_adapter):
         zm.load_adapter(path)
 
 
-def test_adapter_whose_rank_disagrees_with_its_config_is_refused(saved_adapter):
+def adapter_snapshot(zm) -> tuple:
+    """A copy of every adapter's name, config and values, and which one is active."""
+    return (
+        zm.active_adapter,
+        {
+            name: (zm.adapter_configs[name], {k: v.clone() for k, v in zm.adapter_state_dict(name).items()})
+            for name in zm.adapters
+        },
+    )
+
+
+def assert_unchanged(zm, snapshot) -> None:
+    active, adapters = snapshot
+    assert zm.active_adapter == active and zm.adapters == list(adapters)
+    for name, (config, tensors) in adapters.items():
+        assert zm.adapter_configs[name] == config, name
+        now = zm.adapter_state_dict(name)
+        assert now.keys() == tensors.keys(), name
+        assert all(torch.equal(now[key], value) for key, value in tensors.items()), name
+
+
+@pytest.fixture
+def loaded_differently(saved_adapter):
+    """The saved adapter's name ("default") is held in memory with other values than the file's:
+    a load that replaced it before failing would show."""
     zm, path = saved_adapter
+    randomize_adapter(zm)
+    return zm, path, adapter_snapshot(zm)
+
+
+def test_adapter_whose_rank_disagrees_with_its_config_is_refused(loaded_differently):
+    zm, path, snapshot = loaded_differently
     config_path = path / "adapter_config.json"
     meta = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**meta, "config": {**meta["config"], "r": 8}}))
@@ -125,16 +155,17 @@ def test_adapter_whose_rank_disagrees_with_its_config_is_refused(saved_adapter):
         ZFLoRAError, match="expected .* for r=8 on this base; the file and its config disagree"
     ):
         zm.load_adapter(path)
-    assert zm.adapters == ["default"]  # the failed load left nothing behind
+    assert_unchanged(zm, snapshot)  # the failed load left nothing behind: names, configs, values
 
 
-def test_adapter_whose_blocks_disagree_with_its_config_is_refused(saved_adapter):
-    zm, path = saved_adapter
+def test_adapter_whose_blocks_disagree_with_its_config_is_refused(loaded_differently):
+    zm, path, snapshot = loaded_differently
     config_path = path / "adapter_config.json"
     meta = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**meta, "config": {**meta["config"], "blocks": ["attn"]}}))
     with pytest.raises(ZFLoRAError, match="does not match its config.*unexpected"):
         zm.load_adapter(path)
+    assert_unchanged(zm, snapshot)
 
 
 def test_non_finite_adapter_is_not_saved(tmp_path):

@@ -187,7 +187,32 @@ def test_memory_counts_shared_weights_once(variants, prompt):
 def test_switch_timing_really_switches_adapters(variants, prompt):
     models = variants.models
     before = {name: logits(models[name], prompt) for name in ("zflora-fused", "lora-merged")}
-    samplers = switch_samplers(variants, Clock("cpu"))
+    from zflora.method.fusion import fused_meta
+
+    def held() -> tuple:
+        """Which adapter each switchable model holds now."""
+        return (
+            fused_meta(models["zflora-fused"])["adapter"],
+            variants.peft_merged.active_adapter,
+            variants.peft_unmerged.active_adapter,
+            variants.zflora.active_adapter,
+        )
+
+    class SwitchClock(Clock):
+        """The CPU clock, also noting what the models held before and after each timed call."""
+
+        def __init__(self):
+            super().__init__("cpu")
+            self.calls: list[tuple[tuple, tuple, float]] = []
+
+        def measure(self, fn):
+            before = held()
+            elapsed = super().measure(fn)
+            self.calls.append((before, held(), elapsed))
+            return elapsed
+
+    clock = SwitchClock()
+    samplers = switch_samplers(variants, clock)
     assert set(samplers) == {
         "zflora-swap",
         "zflora-swap-first-use",
@@ -198,8 +223,14 @@ def test_switch_timing_really_switches_adapters(variants, prompt):
     }
     try:
         with torch.no_grad():
-            for name in ("zflora-swap", "lora-merged-switch", "lora-set-adapter", "zflora-set-adapter"):
-                assert samplers[name]() >= 0  # each now holds the second adapter
+            for position, name in enumerate(
+                ("zflora-swap", "lora-merged-switch", "lora-set-adapter", "zflora-set-adapter")
+            ):
+                figure = samplers[name]()
+                held_before, held_after, elapsed = clock.calls[-1]
+                # the figure is the clock's reading of this call, and the switch happened inside it
+                assert figure == elapsed and len(clock.calls) == position + 1, name
+                assert (held_before[position], held_after[position]) == tuple(ADAPTERS), name
             assert variants.zflora.active_adapter == ADAPTERS[1]
             fused, unfused = logits(models["zflora-fused"], prompt), logits(models["zflora"], prompt)
             torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-4)

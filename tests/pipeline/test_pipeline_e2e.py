@@ -80,8 +80,27 @@ def test_metrics_and_plots_are_declared(pipeline_run):
     text = json.dumps(metrics)
     for key in ("accuracy", "prediction_agreement", "trainable_parameters", "switch_zflora-swap_ms"):
         assert key in text, key
+    # every form of a method (fused / unfused, merged / unmerged) predicts the same on every test example
+    agreements = {
+        path: figures["prediction_agreement"]
+        for path, figures in metric_files(metrics)
+        if "prediction_agreement" in figures
+    }
+    methods = {path.rsplit("/", 1)[-1].removesuffix(".json") for path in agreements}
+    assert {"lora", "zflora"} <= methods, agreements  # the methods served in two forms are there
+    assert all(value == 1.0 for value in agreements.values()), agreements
     out = pipeline_run.run("dvc", "plots", "show", "--json")
     assert "accuracy.png" in out.stdout and "loss" in out.stdout
+
+
+def metric_files(shown: dict) -> list[tuple[str, dict]]:
+    """(path, figures) of every metrics file in `dvc metrics show --json` output."""
+    return [
+        (path, entry["data"])
+        for workspace in shown.values()
+        for path, entry in workspace.get("data", {}).items()
+        if isinstance(entry.get("data"), dict)
+    ]
 
 
 def test_mlflow_holds_a_run_per_stage_and_the_registered_model(pipeline_run):
@@ -125,12 +144,13 @@ def generate(project, model: str, prompt: str, *extra: str) -> str:
 
 def test_generate_from_the_registry(pipeline_run):
     from_dir = generate(pipeline_run, f"artifacts/fused/{TASK}", PROMPT)
+    base = generate(pipeline_run, "artifacts/base", PROMPT)
+    # the task's adapter changes this prompt's answer, so "task = fused, no task = base" below is not vacuous
+    assert from_dir != base, from_dir
     assert generate(pipeline_run, f"models:/{MODEL}@latest", PROMPT) == from_dir
     # the multi-task model: --task picks the adapter; without it, the base model
     assert generate(pipeline_run, f"models:/{MULTITASK}@latest", PROMPT, "--task", TASK) == from_dir
-    assert generate(pipeline_run, f"models:/{MULTITASK}@latest", PROMPT) == generate(
-        pipeline_run, "artifacts/base", PROMPT
-    )
+    assert generate(pipeline_run, f"models:/{MULTITASK}@latest", PROMPT) == base
     unknown = pipeline_run.run(
         "zflora",
         "generate",
@@ -167,6 +187,9 @@ def test_mlflow_models_serve_answers_over_http(pipeline_run):
         {"prompt": prompts[0]},
         {"prompt": prompts[1], "task": TASK},
     ]
+    # the task's adapter changes both answers: a task row answered by the base (or a base row by the
+    # adapter) cannot match the expected list by accident
+    assert all(fused[p] != base[p] for p in prompts), (fused, base)
     expected = [base[prompts[1]], fused[prompts[0]], base[prompts[0]], fused[prompts[1]]]
     with mlflow_serve(f"models:/{MULTITASK}@latest", env, pipeline_run.root) as url:
         status, body = invoke(url, records, 12)

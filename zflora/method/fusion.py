@@ -258,6 +258,10 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
     r = weights.config.r if weights is not None else 0
 
     slots, norms = _slots(fused, layout, meta)
+    # values finite in the adapter's float32 can overflow a half-precision model: checked once
+    # per adapter and dtype, like the rest before the first write
+    fits = f"fits:{fused.get_submodule(layout.embed).weight.dtype}"
+    check_cast = weights is not None and fits not in weights.cache
     targets, sources, zeros = [], [], []
     for key, full, dim in slots:
         value = values.get(key)
@@ -267,7 +271,15 @@ def swap_adapter(fused: nn.Module, adapter: str | Path | AdapterWeights | None) 
         if r < width:
             zeros.append(full.narrow(dim, r, width - r))
         targets.append(full.narrow(dim, 0, r))
-        sources.append(value if value.dtype == full.dtype and value.device == full.device else value.to(full))
+        source = value if value.dtype == full.dtype and value.device == full.device else value.to(full)
+        if check_cast and source is not value and not torch.isfinite(source).all():
+            raise ZFLoRAError(
+                f"adapter {weights.source!r}: {key} holds values beyond the range of this model's "
+                f"{full.dtype}; not swapping it in (re-train it with smaller values, or use a wider dtype)"
+            )
+        sources.append(source)
+    if check_cast:
+        weights.cache[fits] = True
     if zeros:
         torch._foreach_zero_(zeros)
     if targets:

@@ -207,8 +207,19 @@ def read_rows(path: Path, task: str) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
+            rows = []
             with open(path, encoding="utf-8") as handle:
-                return [json.loads(line) for line in handle if line.strip()]
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as error:  # its own line is line 1: name the file's
+                        raise ZFLoRAError(
+                            f"task {task!r}: {path}:{number} is not valid JSON ({error.msg} at column "
+                            f"{error.colno}); fix or remove that line"
+                        ) from None
+            return rows
         if suffix == ".json":
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
@@ -239,8 +250,15 @@ def read_rows(path: Path, task: str) -> list[dict[str, Any]]:
 def load_local_rows(data_dir: str | os.PathLike, split_names: list[str], task: str) -> list[dict[str, Any]]:
     """All rows of the file(s) that hold the split in `data_dir`."""
     rows: list[dict[str, Any]] = []
-    for path in find_local_file(data_dir, split_names, task):
+    paths = find_local_file(data_dir, split_names, task)
+    for path in paths:
         rows.extend(read_rows(path, task))
+    if not rows:
+        names = ", ".join(str(path) for path in paths)
+        raise ZFLoRAError(
+            f"task {task!r}: {names} holds no rows; "
+            f"put the {split_names[0]} split's rows there or point data_dir at the folder that holds them"
+        )
     bad = next((row for row in rows if not isinstance(row, dict)), None)
     if bad is not None:
         raise ZFLoRAError(
