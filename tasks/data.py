@@ -1,8 +1,10 @@
 """The `prepare` stage's task: materialise a task's train, validation and test examples as JSONL.
 
-The validation split (data.validation_size examples) is carved from the task's training
-data, after the train_size training examples: learning rates are selected on it, so the
-test split is only ever read by the final evaluation.
+The validation split (data.validation_size examples) is held out from training: for the
+embedded tasks it is the generator's own validation split (prompts disjoint from train and
+test), for real tasks the training data after the train_size training examples, minus any
+prompt the training part holds. Learning rates are selected on it, so the test split is
+only ever read by the final evaluation, and no validation prompt is a training prompt.
 """
 
 from __future__ import annotations
@@ -36,9 +38,18 @@ def prepare_task(task_name: str, data_params: dict[str, Any], out_dir: str) -> d
     import mlflow
 
     spec = get_task(task_name)
-    wanted = data_params["train_size"] + data_params["validation_size"]
-    pool = spec.load("train", **_options(task_name, data_params, wanted))
-    train, validation = pool[: data_params["train_size"]], pool[data_params["train_size"] :]
+    size, held_out = data_params["train_size"], data_params["validation_size"]
+    if spec.source == "embedded":
+        # the generator's own validation split: prompts the training split never shows (a
+        # carved-off tail of the training pool would repeat training prompts on a task with
+        # a small question space, and select for memorisation)
+        train = spec.load("train", **_options(task_name, data_params, size))
+        validation = spec.load("validation", **_options(task_name, data_params, held_out)) if held_out else []
+    else:
+        pool = spec.load("train", **_options(task_name, data_params, size + held_out))
+        train = pool[:size]
+        seen = {e.prompt for e in train}
+        validation = [e for e in pool[size:] if e.prompt not in seen]
     if data_params["validation_size"] and not validation:
         raise ZFLoRAError(
             f"task {task_name!r} has only {len(pool)} training examples, none left for validation; "

@@ -159,26 +159,59 @@ def test_one_candidate_trains_nothing_and_no_validation_is_an_error(tmp_path):
         )
 
 
-def test_prepare_carves_validation_from_training_data(tmp_path, monkeypatch):
+@pytest.mark.parametrize("task", ["embedded-math", "embedded-commonsense"])
+def test_validation_is_held_out_from_training_and_test(task, tmp_path, monkeypatch):
+    """No validation prompt is a training prompt: commonsense's small question space made a
+    carved-off tail of the training pool 59/60 training prompts (selection for memorisation)."""
     from tasks.data import prepare_task
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)  # the default experiment's artifacts go to ./mlruns, not the checkout
     import mlflow
 
-    params = {"train_size": 30, "validation_size": 10, "test_size": 10, "seed": 0, "data_dir": None}
+    params = {"train_size": 2000, "validation_size": 60, "test_size": 60, "seed": 0, "data_dir": None}
     with mlflow.start_run():
-        stats = prepare_task.fn("embedded-math", params, str(tmp_path / "data"))
+        stats = prepare_task.fn(task, params, str(tmp_path / "data"))
     rows = {
-        split: [json.loads(line) for line in (tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()]
+        split: {
+            json.loads(line)["prompt"]
+            for line in (tmp_path / "data" / f"{split}.jsonl").read_text().splitlines()
+        }
         for split in ("train", "validation", "test")
     }
-    assert [len(rows[s]) for s in ("train", "validation", "test")] == [30, 10, 10]
-    assert stats["validation_examples"] == 10
-    # the validation rows are the training pool's next rows: training data, never test data
-    pool = get_task("embedded-math").load("train", n=40, seed=0)
-    assert [r["prompt"] for r in rows["train"] + rows["validation"]] == [e.prompt for e in pool]
-    assert not {r["prompt"] for r in rows["validation"]} & {r["prompt"] for r in rows["test"]}
+    assert len(rows["validation"]) == stats["validation_examples"] == 60
+    assert stats["validation_prompts_seen_in_train"] == 0 and not rows["validation"] & rows["train"]
+    assert not rows["validation"] & rows["test"]
+    assert rows["validation"] == {e.prompt for e in get_task(task).load("validation", n=60, seed=0)}
+
+
+def test_real_tasks_carve_validation_from_training_data_minus_training_prompts(tmp_path, monkeypatch):
+    import mlflow
+
+    import tasks.data as data
+    from zflora.harness.data.example import Example
+
+    pool = [Example(str(i), f"q{i % 7}", " a", "a") for i in range(12)]  # prompts repeat after 7
+    test = [Example(f"t{i}", f"t{i}", " a", "a") for i in range(3)]
+
+    class Spec:
+        source, category, metric = "hub", "math", "accuracy"
+
+        def load(self, split, **options):
+            return list(pool if split == "train" else test)
+
+    monkeypatch.setattr(data, "get_task", lambda name: Spec())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    params = {"train_size": 5, "validation_size": 7, "test_size": 3, "seed": 0, "data_dir": None}
+    with mlflow.start_run():
+        stats = data.prepare_task.fn("gsm8k", params, str(tmp_path / "data"))
+    validation = [
+        json.loads(line)["prompt"]
+        for line in (tmp_path / "data" / "validation.jsonl").read_text().splitlines()
+    ]
+    assert validation == ["q5", "q6"]  # the pool's tail minus the prompts the five training rows hold
+    assert stats["validation_prompts_seen_in_train"] == 0
 
 
 def test_report_shows_seed_means_ranges_and_how_each_rate_was_chosen(tmp_path):
