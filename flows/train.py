@@ -15,7 +15,7 @@ DDP (HF Trainer); only rank 0 writes.
 from __future__ import annotations
 
 from tasks.io import write_json
-from tasks.selection import selected
+from tasks.selection import candidate_label, selected
 from tasks.tracking import is_main_process, stage_run
 from tasks.training import train
 
@@ -46,6 +46,10 @@ def train_flow(params: Params, task: str, method: str) -> dict:
                 train=section.with_learning_rate(method, rate, seed),
                 **settings,
                 label="" if index == 0 else f"seed-{seed}",
+                # the tune stage's winning run for this task is this very run at the first seed
+                reuse=str(tune_dir(method) / candidate_label(rate, init_scale) / task)
+                if index == 0
+                else None,
             )
             for index, seed in enumerate(seeds)
         ]

@@ -28,6 +28,7 @@ def train(
     dtype: str,
     trust_remote_code: bool,
     label: str = "",
+    reuse: str | None = None,
 ) -> dict[str, Any]:
     """Train `method` on the task's train.jsonl; out_dir gets the adapter / weights and method.json.
 
@@ -51,6 +52,7 @@ def train(
         dtype=dtype,
         work_dir=work_dir,
         trust_remote_code=trust_remote_code,
+        reuse=reuse,
     )
     curve = metrics.pop("loss_curve")
     if not metrics.pop("is_main_process"):  # DDP: the main process saves and logs

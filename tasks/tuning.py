@@ -38,21 +38,23 @@ def tune(
         name: (read_examples(Path(d) / "train.jsonl"), read_examples(Path(d) / "validation.jsonl"))
         for name, d in data_dirs.items()
     }
-    selection = select_learning_rate(
-        base_model_ref(base_dir),
-        method,
-        candidates,
-        data,
-        settings=train,
-        adapter=adapter,
-        evaluate=evaluate,
-        work_dir=work_dir,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        init_scales=init_scales,
-    )
-    selection["tasks"] = list(data_dirs)
     with atomic_dir(out_dir) as tmp:
+        # the chosen candidates' runs are kept: the train stage's first seed is one of them
+        selection = select_learning_rate(
+            base_model_ref(base_dir),
+            method,
+            candidates,
+            data,
+            settings=train,
+            adapter=adapter,
+            evaluate=evaluate,
+            work_dir=work_dir,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            init_scales=init_scales,
+            keep_dir=tmp,
+        )
+        selection["tasks"] = list(data_dirs)
         write_json(tmp / SELECTION, selection)
     log_numeric_metrics({"learning_rate": selection["learning_rate"], "tuned": selection["tuned"]})
     for label, scores in selection.get("scores", {}).items():

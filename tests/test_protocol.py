@@ -260,3 +260,49 @@ def test_report_shows_seed_means_ranges_and_how_each_rate_was_chosen(tmp_path):
     assert "| base | - | 10.0 | 10.0 | 0 | - | 100% |" in table
     tuned = tune_markdown(tmp_path / "tune", ["base", "zflora"])
     assert "0.005: 60.0; **0.01: 65.0**; 0.02: diverged" in tuned and "| base |" not in tuned
+
+
+def test_the_first_seed_reuses_the_tune_stages_winning_run_and_only_that(model_dir, tmp_path):
+    """The winning candidate of a task is the train stage's first-seed run (same base, data,
+    settings, adapter: training is deterministic): it is copied, not trained again. A run
+    with other settings trains."""
+    from zflora.harness.train import RUN_RECORD
+
+    examples = get_task("embedded-math").load("train", n=8, seed=0)
+    validation = get_task("embedded-math").load("validation", n=4, seed=0)
+    settings = TrainSettings(max_steps=2, batch_size=4, save_steps=100, logging_steps=1)
+    adapter = methods.AdapterSettings(r=4)
+    kept = tmp_path / "kept"
+    selection = select_learning_rate(
+        model_dir,
+        "zflora",
+        [1e-3, 2e-3],
+        {"embedded-math": (examples, validation)},
+        settings=settings,
+        adapter=adapter,
+        work_dir=tmp_path / "work",
+        evaluate=EvaluateSettings(max_new_tokens=8),
+        progress=False,
+        keep_dir=kept,
+    )
+    label = f"{selection['learning_rate']:g}"
+    winner = kept / label / "embedded-math"
+    assert (winner / RUN_RECORD).is_file() and not (tmp_path / "work").exists()
+    chosen = settings.model_copy(update={"learning_rates": {"zflora": selection["learning_rate"]}})
+    reused = train_method(
+        model_dir, examples, tmp_path / "seed0", "zflora", chosen, adapter, progress=False, reuse=winner
+    )
+    assert reused["reused_from"] == str(winner)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "seed0" / name).read_bytes() == (winner / name).read_bytes()
+    # the same run trained from scratch gives the same adapter: reuse is exact, not an approximation
+    fresh = train_method(model_dir, examples, tmp_path / "fresh", "zflora", chosen, adapter, progress=False)
+    assert "reused_from" not in fresh and [list(p) for p in fresh["loss_curve"]] == reused["loss_curve"]
+    weights = "adapter_model.safetensors"
+    assert (tmp_path / "fresh" / weights).read_bytes() == (winner / weights).read_bytes()
+    # another run (another seed) does not take the winner's weights
+    other = chosen.model_copy(update={"seed": 1})
+    trained = train_method(
+        model_dir, examples, tmp_path / "seed1", "zflora", other, adapter, progress=False, reuse=winner
+    )
+    assert "reused_from" not in trained

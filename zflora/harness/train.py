@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -202,8 +203,14 @@ def train_method(
     work_dir: str | Path | None = None,
     progress: bool = True,
     trust_remote_code: bool = False,
+    reuse: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `method` on `examples` from the base at `base_path`; save to `out_dir`.
+
+    `reuse`: the output folder of a finished run. When it was this very run (its
+    RUN_RECORD holds the same run fingerprint: base, examples, method, settings, adapter),
+    training is deterministic, so it is copied instead of trained again (the tune stage's
+    winning candidate is the train stage's first seed); otherwise it is ignored.
 
     The base is loaded in `dtype` (float32, bfloat16 or float16) and trained in it; zFLoRA
     and LoRA keep their adapter parameters in float32 on a half-precision base, as PEFT
@@ -230,6 +237,9 @@ def train_method(
         examples,
         {"method": method, "dtype": dtype, "train": settings.to_dict(), "adapter": adapter.to_dict()},
     )
+    reused = _reused_run(reuse, fingerprint, out_dir)
+    if reused is not None:
+        return reused
     rank = None if method == "fft" else adapter_for(method, adapter, model).r
     model = prepare(method, model, adapter, seed=settings.seed)
     dataset = SupervisedDataset(examples, tokenizer, settings.max_seq_len)
@@ -271,7 +281,7 @@ def train_method(
         save_trained(method, model, out_dir, tokenizer=tokenizer)
         shutil.rmtree(work_dir, ignore_errors=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {
+    summary = {
         "method": method,
         "dtype": dtype,
         "steps": trainer.state.global_step,
@@ -288,3 +298,26 @@ def train_method(
         "world_size": args.world_size,
         "is_main_process": trainer.is_world_process_zero(),
     }
+    if trainer.args.should_save:
+        write_text(out_dir / RUN_RECORD, json.dumps({"fingerprint": fingerprint, "summary": summary}) + "\n")
+    return summary
+
+
+RUN_RECORD = "run.json"  # next to a finished run's adapter / weights: what run made them
+
+
+def _reused_run(reuse: str | Path | None, fingerprint: str, out_dir: Path) -> dict[str, Any] | None:
+    """The summary of `reuse` copied to `out_dir`, if `reuse` is a finished run with `fingerprint`."""
+    if reuse is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # DDP ranks train together
+        return None
+    try:
+        record = json.loads((Path(reuse) / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != fingerprint:
+        return None
+    from zflora.method.atomic import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(reuse, tmp, dirs_exist_ok=True)
+    return {**record["summary"], "reused_from": str(reuse), "is_main_process": True}

@@ -51,6 +51,7 @@ def select_learning_rate(
     trust_remote_code: bool = False,
     progress: bool = True,
     init_scales: list[float] | None = None,
+    keep_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `method` at each candidate learning rate (x each of `init_scales`, zFLoRA's
     readers' initial std, when given) on every task of `data` ({task: (train examples,
@@ -59,7 +60,10 @@ def select_learning_rate(
 
     Returns {method, learning_rate, init_scale, per_task: {task: {learning_rate,
     init_scale, score}}, tuned, candidates, scores: {label: {task: score, mean}},
-    diverged: [label, ...], steps, seed}. Trained candidates are deleted from `work_dir`.
+    diverged: [label, ...], steps, seed}. Trained candidates are deleted from `work_dir`;
+    with `keep_dir`, each task's chosen candidates (its own best and the best mean) move to
+    `keep_dir/<label>/<task>`: the train stage's first seed is that very run (see
+    train_method's `reuse`).
     """
     check_trainable(method)
     if not candidates:
@@ -124,7 +128,8 @@ def select_learning_rate(
             )
             per_task[task_name] = round(headline_score(metrics, spec.metric), 2)
             del model
-        shutil.rmtree(work_dir / f"lr-{label}", ignore_errors=True)
+        if keep_dir is None or label in result["diverged"]:
+            shutil.rmtree(work_dir / f"lr-{label}", ignore_errors=True)
         if label in result["diverged"]:
             result["scores"][label] = {"mean": None}
             continue
@@ -137,7 +142,19 @@ def select_learning_rate(
             if task_name not in best_per_task or score > best_per_task[task_name]["score"]:
                 best_per_task[task_name] = {"learning_rate": rate, "init_scale": scale, "score": score}
     if best is None or not math.isfinite(best[0]):
+        shutil.rmtree(work_dir, ignore_errors=True)
         raise ZFLoRAError(
             f"every learning rate for {method} diverged ({result['candidates']}); list smaller candidates"
         )
+    if keep_dir is not None:
+        for task_name, chosen in best_per_task.items():
+            for label in {
+                candidate_label(chosen["learning_rate"], chosen["init_scale"]),
+                candidate_label(*best[1:]),
+            }:
+                kept = Path(keep_dir) / label / task_name
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                if not kept.exists():
+                    shutil.copytree(work_dir / f"lr-{label}" / task_name, kept)
+        shutil.rmtree(work_dir, ignore_errors=True)
     return {**result, "learning_rate": best[1], "init_scale": best[2], "per_task": best_per_task}
