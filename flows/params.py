@@ -84,7 +84,7 @@ class DataParams(Section):
     )
     train_size: int = Field(2000, gt=0)
     validation_size: int = Field(
-        0, ge=0, description="examples carved from the training data for learning-rate selection"
+        0, ge=0, description="examples held out from training (embedded tasks: their own validation split) for learning-rate selection"
     )
     test_size: int = Field(120, gt=0)
     seed: int = 0
@@ -156,7 +156,7 @@ class TrainParams(TrainSettings):
 
 class TuneParams(Section):
     """`tune` stage (one per method): learning-rate selection on the validation split
-    (data.validation_size examples carved from the training data; the test split is never
+    (data.validation_size examples held out from training; the test split is never
     read). Each candidate trains on every tuned task and is scored on its validation split;
     each task then trains at its own best candidate (per_task), or every task at the best
     mean (per_task: false). Tasks left out of tune.tasks train at the best mean and are

@@ -98,7 +98,7 @@ def accuracy_markdown(
         + spread
         + "LoRA is scored unmerged and merged, zFLoRA unfused and fused (first seed); 'forms agree' is the "
         "share of test examples on which those forms produced the same completion. Learning rates: "
-        "'validation' = selected on the validation split carved from the training data (the tune stage), "
+        "'validation' = selected on a validation split held out from training (the tune stage), "
         "'fixed' = a single candidate"
         + (
             "; with several, each task's own best candidate on its validation split (per task, in task order)"
