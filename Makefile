@@ -14,7 +14,7 @@ UV_PIP := $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecod
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run demo test test-fast lint format clean stop prefect-ui mlflow-ui serve
+.PHONY: install run demo test test-fast lint format clean stop prefect-ui mlflow-ui serve cluster cluster-down cluster-status
 
 # pip takes torch (it looks on the local disk, uv does not) and uv; uv installs everything
 # else from the same constraints file in about a minute instead of pip's six. Passing
@@ -69,6 +69,19 @@ serve: install
 stop:
 	-$(BIN)/python -m flows.server stop
 	-$(BIN)/python -m flows.warm stop
+
+# A work pool on this machine (loopback only): PostgreSQL, the Prefect and MLflow servers on it,
+# the pool `zflora` and WORKERS workers, each in its own workspace. Then:
+#   source .cluster/env && python -m flows.pipeline --pool zflora
+WORKERS ?= 2
+cluster: install
+	$(BIN)/python -m flows.cluster up --workers $(WORKERS)
+
+cluster-down:
+	-$(BIN)/python -m flows.cluster down
+
+cluster-status:
+	-$(BIN)/python -m flows.cluster status
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache

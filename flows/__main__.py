@@ -10,6 +10,7 @@ this entry hands the command to the warm worker when one serves this workspace
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .layout import STAGES
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         got = repr(argv[0]) if argv else "nothing"
         print(
             f"zflora: error: expected a stage ({', '.join(STAGES)}), got {got}; e.g. python -m flows report",
+            file=sys.stderr,
+        )
+        return 2
+    if os.environ.get("ZFLORA_RESTORE_ONLY"):  # a pool run restores outputs (flows/pool.py): run none
+        stage = os.environ.get("DVC_STAGE", argv[0])
+        print(
+            f"zflora: error: {stage} is not in the pool's run-cache, so it would run here; "
+            "its worker did not push it (see its flow run): run the pipeline again",
             file=sys.stderr,
         )
         return 2

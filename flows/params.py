@@ -84,7 +84,9 @@ class DataParams(Section):
     )
     train_size: int = Field(2000, gt=0)
     validation_size: int = Field(
-        0, ge=0, description="examples held out from training (embedded tasks: their own validation split) for learning-rate selection"
+        0,
+        ge=0,
+        description="examples held out from training (embedded tasks: their own validation split) for learning-rate selection",
     )
     test_size: int = Field(120, gt=0)
     seed: int = 0

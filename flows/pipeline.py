@@ -3,6 +3,7 @@
     python -m flows.pipeline                              # = dvc repro
     python -m flows.pipeline -S train.epochs=2 -S adapter.r=32   # = dvc exp run --set-param ...
     python -m flows.pipeline --target train               # one stage (and what it needs)
+    python -m flows.pipeline --pool zflora [-S ...]        # the DAG on a Prefect work pool (flows/pool.py)
 
 The Prefect UI deployments (flows/serve.py) run this flow; with parameter overrides it
 runs `dvc exp run --set-param ...`, so a UI-triggered run is recorded as a DVC experiment
@@ -180,10 +181,16 @@ def pipeline_flow(
     targets: list[str] | None = None,
     experiment: str | None = None,
     force: bool = False,
+    pool: str | None = None,
 ) -> dict[str, Any]:
-    """Run the DVC pipeline (or some `targets`) with optional params overrides, e.g. {"adapter.r": 32}."""
+    """Run the DVC pipeline (or some `targets`) with optional params overrides, e.g. {"adapter.r": 32}:
+    here with DVC, one stage after another, or with `pool` on that Prefect work pool (flows/pool.py)."""
     logger = get_run_logger()
     check_request(set_params, targets, experiment, allow=None if _operator else ui_allowed())
+    if pool is not None and not (isinstance(pool, str) and _EXPERIMENT.fullmatch(pool)):
+        raise ZFLoRAError(f"pool: {pool!r} is not a work pool name; use letters, digits, '.', '_' and '-'")
+    if pool is not None and force:
+        raise ZFLoRAError("--force is for `dvc repro`; a pool run reruns what DVC reports out of date")
     cmd = dvc_command(set_params, targets, experiment, force)
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with os.fdopen(os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600), "w") as lock:
@@ -192,6 +199,11 @@ def pipeline_flow(
         except BlockingIOError:
             logger.info("another pipeline run holds this workspace; waiting for it to finish")
             fcntl.flock(lock, fcntl.LOCK_EX)
+        if pool is not None:
+            from .pool import coordinate
+
+            overrides = {key: _yaml_value(value) for key, value in (set_params or {}).items()}
+            return coordinate(pool, overrides, targets, experiment, logger)
         logger.info("running: " + " ".join(cmd))
         start = time.perf_counter()
         code, tail = _stream(cmd, logger)
@@ -220,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", action="append", default=[], help="stage to run (default: all)")
     p.add_argument("--name", default=None, help="DVC experiment name")
     p.add_argument("--force", action="store_true", help="rerun stages even if nothing changed")
+    p.add_argument(
+        "--pool",
+        default=None,
+        metavar="NAME",
+        help="run the stages on this Prefect work pool, in parallel (make cluster starts one: zflora)",
+    )
     args = p.parse_args(argv)
     global _operator
     _operator = True  # this command line may override any params key (targets are still checked)
@@ -237,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             targets=args.target,
             experiment=args.name,
             force=args.force,
+            pool=args.pool,
             return_state=True,
         )
     return exit_code(state)

@@ -268,8 +268,10 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"exit status {result.returncode}"
 
 
-def start(quiet: bool = False) -> str:
-    """Start this workspace's server unless it runs already; returns its API URL."""
+def start(quiet: bool = False, extra_env: dict[str, str] | None = None) -> str:
+    """Start this workspace's server unless it runs already; returns its API URL.
+
+    `extra_env`: more of Prefect's settings for the server (the cluster's database URL)."""
     host = os.environ.get("ZFLORA_PREFECT_HOST", DEFAULT_HOST)
     with _lock():
         auth = auth_string()
@@ -281,7 +283,7 @@ def start(quiet: bool = False) -> str:
         if note:
             print(f"zflora: {note}", file=sys.stderr)
         url = _api_url(host, port)
-        env = server_env(host, port, auth)
+        env = {**server_env(host, port, auth), **(extra_env or {})}
         started = _prefect("server", "start", "--background", "--host", host, "--port", str(port), env=env)
         pid = (_read_private(_home() / PID_FILE) or "").strip()
         if started.returncode != 0 or not pid.isdigit():

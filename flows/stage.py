@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -134,14 +135,15 @@ def main(flow: Any, description: str, argv: list[str] | None = None) -> int:
     options = {option: getattr(args, option) for option in flow.options}
     try:
         load_params(args.params)  # fail fast, before any server or model work
+        if not is_main_process() or os.environ.get("ZFLORA_PREFECT_MODE") == "off":
+            # torchrun / accelerate: the other ranks join the same Trainer (DDP) without a Prefect
+            # flow run or MLflow run of their own; rank 0 orchestrates and logs. A pool worker's
+            # stage: its flow run is the worker's, which shows this output as its log (flows/pool.py)
+            return exit_code(as_state(flow.fn(**options, params_path=args.params)))
         api_url = ensure_api()
     except ZFLoRAError as e:
         return fail(str(e))
     quiet_user_errors()
-    if not is_main_process():
-        # torchrun / accelerate: the other ranks join the same Trainer (DDP) without a Prefect
-        # flow run or MLflow run of their own; rank 0 orchestrates and logs
-        return exit_code(as_state(flow.fn(**options, params_path=args.params)))
     with attached(api_url):
         state = flow(**options, params_path=args.params, return_state=True)
     return exit_code(state)

@@ -25,7 +25,9 @@ def is_main_process() -> bool:
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("ZFLORA_PROJECT_ROOT") or os.getcwd()).resolve()
+    """Where the MLflow store lives: the workspace DVC runs the stage for (DVC_ROOT: for a
+    queued experiment, the workspace of the queue, not DVC's temporary copy), else here."""
+    return Path(os.environ.get("ZFLORA_PROJECT_ROOT") or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def tracking_uri() -> str:

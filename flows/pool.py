@@ -1,0 +1,413 @@
+"""The DAG on a Prefect work pool: one child flow run per DVC stage, each in its worker's own workspace.
+
+    python -m flows.pipeline --pool zflora [-S key=value ...] [--target STAGE ...]
+
+DVC runs one stage at a time; this runs every out-of-date stage of dvc.yaml as a flow run
+of the `zflora-stage/stage` deployment on the work pool, each as soon as the stages it
+depends on have completed, so independent stages run at once (up to the workers' and the
+pool's concurrency). DVC still versions and caches every stage:
+
+- The coordinator (this process, the parent flow run) reads the stage graph and what is out
+  of date from DVC (dvc.yaml, the params, `dvc status`) and submits the stages. It runs no
+  stage itself.
+- A worker runs a stage in its own workspace (`ZFLORA_WORKSPACE`, a git checkout no one
+  else uses): the coordinator's commit and params, the outputs of the stage's upstream
+  restored from the pool's DVC remote through DVC's run-cache, `dvc repro --single-item
+  <stage>`, then its outputs and run-cache entry pushed back (`dvc push --run-cache`).
+- At the end the coordinator pulls the run-cache and runs `dvc repro --pull` (with -S
+  overrides: `dvc exp run`, so the run is a DVC experiment): every stage is restored from
+  the run-cache, none runs, dvc.lock is complete, `dvc status` is clean.
+
+Faults: a stage that fails ends the pipeline FAILED with one line naming it; no stage that
+depends on it starts, the running ones finish. A worker that dies mid-stage stops sending
+its flow run's heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by `make cluster`): after
+HEARTBEAT_DEADLINE_S the coordinator marks that run crashed and submits the stage again, to
+a live worker. Rerunning a killed coordinator continues from what completed: finished
+stages are in the run-cache and restore in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from zflora.errors import ZFLoRAError
+
+from .stage import user_errors_fail
+
+DEPLOYMENT = "zflora-stage/stage"
+REMOTE = "zflora-pool"  # the DVC remote's name in each workspace's .dvc/config.local
+POLL_S = 2.0
+HEARTBEAT_DEADLINE_S = float(
+    os.environ.get("ZFLORA_HEARTBEAT_DEADLINE_S", "100")
+)  # 3 missed beats (30 s apart)
+RETRIES = 2  # resubmissions of a stage whose worker died
+
+
+# --------------------------------------------------------------------- the coordinator
+
+
+BIN = Path(sys.executable).parent  # dvc, and the `python` of dvc.yaml's cmds: this environment's
+
+
+def tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a tool (dvc, git) with this environment's bin first on PATH; its output, or a
+    ZFLoRAError with its last line."""
+    out = subprocess.run(cmd, cwd=cwd, env=tool_env(env), capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+        raise ZFLoRAError(f"`{' '.join(cmd[:4])}` failed: {lines[-1] if lines else out.returncode}")
+    return out.stdout
+
+
+def pool_settings() -> dict[str, str]:
+    """The shared services a pool run needs, from the environment (`source .cluster/env`)."""
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not tracking.startswith(("http://", "https://")):
+        raise ZFLoRAError(
+            f"a pool run logs to an MLflow tracking server, not {tracking or 'the local sqlite store'}: "
+            "workers on several machines cannot share a file; `source .cluster/env` (make cluster) "
+            "or set MLFLOW_TRACKING_URI=http://..."
+        )
+    remote = os.environ.get("ZFLORA_DVC_REMOTE")
+    if not remote:
+        raise ZFLoRAError(
+            "a pool run passes stage outputs through a DVC remote: `source .cluster/env` (make cluster) "
+            "or set ZFLORA_DVC_REMOTE to a folder, ssh:// or s3:// URL the workers can reach"
+        )
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ZFLoRAError(
+            "a pool run needs the pool's Prefect server: `source .cluster/env` or set PREFECT_API_URL"
+        )
+    return {"remote": remote, "repo": os.environ.get("ZFLORA_GIT_REMOTE") or str(Path.cwd())}
+
+
+def committed_code() -> str:
+    """The commit workers check out; refuses uncommitted changes to tracked files (they would not see them)."""
+    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).strip()
+    if dirty:
+        lines = dirty.splitlines()
+        more = ", ..." if len(lines) > 1 else ""
+        raise ZFLoRAError(
+            f"uncommitted changes to tracked files ({lines[0].strip()}{more}): "
+            "workers run the committed code; commit them (or stash them) and run again"
+        )
+    return run(["git", "rev-parse", "HEAD"]).strip()
+
+
+def apply_overrides(text: str, overrides: dict[str, str]) -> str:
+    """params.yaml with `key=value` overrides set (values parsed as YAML, as `dvc exp run -S` does)."""
+    if not overrides:
+        return text
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = yaml.load(text)
+    for key, value in overrides.items():
+        *sections, last = key.split(".")
+        node = data
+        for section in sections:
+            if section not in node or not isinstance(node[section], dict):
+                raise ZFLoRAError(f"-S {key}: params.yaml has no section {section!r}")
+            node = node[section]
+        node[last] = YAML(typ="safe").load(value) if value else value
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+@dataclass
+class Plan:
+    """The stages to run, each with the stages it waits for (within the plan) and all it depends on."""
+
+    waits: dict[str, set[str]] = field(default_factory=dict)
+    upstream: dict[str, list[str]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+
+def plan(targets: list[str] | None = None) -> Plan:
+    """Out-of-date stages (what `dvc status` reports, and everything downstream of it), in order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        graph = repo.index.graph  # edges: stage -> the stages it depends on
+        names = {stage: stage.addressing for stage in graph.nodes}
+        changed = {name.split(":")[-1] for name in repo.status()}
+        stale = {stage for stage in graph.nodes if names[stage] in changed}
+        for stage in list(stale):
+            stale |= nx.ancestors(graph, stage)  # what depends on it
+        if targets:
+            wanted = {
+                stage
+                for stage in graph.nodes
+                if names[stage] in targets or names[stage].split("@")[0] in targets
+            }
+            if not wanted:
+                raise ZFLoRAError(
+                    f"--target {targets}: no such stage in dvc.yaml (dvc stage list shows them)"
+                )
+            scope = set(wanted)
+            for stage in wanted:
+                scope |= nx.descendants(graph, stage)
+            stale &= scope
+        result = Plan()
+        for stage in reversed(list(nx.topological_sort(graph))):
+            if stage not in stale:
+                continue
+            name = names[stage]
+            deps = nx.descendants(graph, stage)
+            result.order.append(name)
+            result.waits[name] = {names[d] for d in graph.successors(stage) if d in stale}
+            ordered = [names[d] for d in reversed(list(nx.topological_sort(graph))) if d in deps]
+            result.upstream[name] = ordered
+        return result
+
+
+def ensure_deployment(pool: str) -> None:
+    """The stage deployment on `pool` (idempotent)."""
+    from prefect.types.entrypoint import EntrypointType
+
+    stage_flow.to_deployment(
+        name="stage",
+        description="One DVC stage in a worker's own workspace (flows/pool.py)",
+        tags=["zflora", "dvc"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    ).apply(work_pool_name=pool)
+
+
+def _last_heartbeat(client: Any, run_id: Any) -> float | None:
+    """Seconds since the flow run's last heartbeat event (None: none seen)."""
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+            "occurred": {"since": (now - timedelta(hours=6)).isoformat(), "until": now.isoformat()},
+            "order": "DESC",
+        },
+        "limit": 1,
+    }
+    response = client.request("POST", "/events/filter", json=body)
+    events = response.json().get("events", [])
+    if not events:
+        return None
+    occurred = datetime.fromisoformat(events[0]["occurred"].replace("Z", "+00:00"))
+    return (now - occurred).total_seconds()
+
+
+def coordinate(
+    pool: str,
+    overrides: dict[str, str],
+    targets: list[str] | None,
+    experiment: str | None,
+    logger: Any,
+) -> dict[str, Any]:
+    """Run the out-of-date stages on `pool`; then restore every output here from the run-cache."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    services = pool_settings()
+    commit = committed_code()
+    params_path = Path("params.yaml")
+    params_text = apply_overrides(params_path.read_text(), overrides)
+    if overrides:
+        params_path.write_text(params_text)  # as `dvc exp run -S` does: the run's params, here too
+    todo = plan(targets)
+    # what is up to date here already (run by `dvc repro` in this workspace) reaches the workers too
+    run(["dvc", "remote", "add", "--local", "--force", REMOTE, services["remote"]])
+    run(["dvc", "push", "--run-cache", "-r", REMOTE])
+    ensure_deployment(pool)
+    label = experiment or (f"exp-{commit[:8]}" if overrides else "main")
+    tags = ["zflora", f"commit:{commit[:12]}", f"experiment:{label}"]
+    logger.info(
+        f"{len(todo.order)} stage(s) to run on pool {pool!r} at {commit[:12]}: {', '.join(todo.order) or '-'}"
+    )
+    done: set[str] = set()
+    running: dict[str, Any] = {}  # stage -> flow run
+    attempts: dict[str, int] = {}
+    timing: dict[str, dict[str, float]] = {}
+    failed: tuple[str, str] | None = None
+    start = time.perf_counter()
+    with get_client(sync_client=True) as client:
+        while True:
+            if failed is None:
+                for name in todo.order:
+                    if name in done or name in running or not todo.waits[name] <= done:
+                        continue
+                    attempts[name] = attempts.get(name, 0) + 1
+                    running[name] = run_deployment(
+                        DEPLOYMENT,
+                        parameters={
+                            "stage": name,
+                            "upstream": todo.upstream[name],
+                            "repo": services["repo"],
+                            "commit": commit,
+                            "params_text": params_text,
+                            "remote": services["remote"],
+                        },
+                        flow_run_name=name if attempts[name] == 1 else f"{name} (attempt {attempts[name]})",
+                        tags=[*tags, f"stage:{name.split('@')[0]}"],
+                        timeout=0,
+                        as_subflow=True,
+                    )
+                    timing[name] = {"submitted": time.perf_counter() - start}
+                    logger.info(f"submitted {name}")
+            if not running:
+                break
+            time.sleep(POLL_S)
+            for name, flow_run in list(running.items()):
+                current = client.read_flow_run(flow_run.id)
+                state = current.state
+                if state.is_completed():
+                    done.add(name)
+                    del running[name]
+                    timing[name]["finished"] = time.perf_counter() - start
+                    logger.info(f"{name}: completed")
+                elif state.is_crashed() or state.is_cancelled():
+                    del running[name]
+                    if attempts[name] > RETRIES:
+                        failed = failed or (name, f"crashed {attempts[name]} times ({state.message})")
+                    else:
+                        logger.warning(
+                            f"{name}: {state.type.value.lower()} ({state.message}); submitting it again"
+                        )
+                elif state.is_failed():
+                    del running[name]
+                    failed = failed or (name, (state.message or "failed").splitlines()[0])
+                    logger.error(f"{name}: {failed[1]}; no stage that depends on it will start")
+                elif state.is_running():
+                    silent = _last_heartbeat(client, flow_run.id)
+                    started = current.start_time.timestamp() if current.start_time else time.time()
+                    quiet_for = silent if silent is not None else time.time() - started
+                    if quiet_for > HEARTBEAT_DEADLINE_S:
+                        client.set_flow_run_state(
+                            flow_run.id,
+                            Crashed(message=f"no heartbeat for {quiet_for:.0f} s: its worker is gone"),
+                            force=True,
+                        )
+    if failed is not None:
+        raise ZFLoRAError(f"stage {failed[0]} failed: {failed[1]}")
+    finish = time.perf_counter()
+    restore(services["remote"], overrides or {}, experiment)
+    return {
+        "stages": todo.order,
+        "commit": commit,
+        "seconds": round(time.perf_counter() - start, 1),
+        "restore_seconds": round(time.perf_counter() - finish, 1),
+        "timing": timing,
+    }
+
+
+def restore(remote: str, overrides: dict[str, str], experiment: str | None) -> None:
+    """Every output here from the pool's run-cache: no stage runs (ZFLORA_RESTORE_ONLY refuses one)."""
+    previous = subprocess.run(
+        ["dvc", "config", "--local", "core.remote"], capture_output=True, text=True, env=tool_env()
+    ).stdout.strip()
+    run(["dvc", "config", "--local", "core.remote", REMOTE])
+    env = {**os.environ, "ZFLORA_RESTORE_ONLY": "1"}
+    try:
+        run(["dvc", "pull", "--run-cache", "--allow-missing", "-r", REMOTE], env=env)
+        if overrides or experiment:
+            cmd = [
+                "dvc",
+                "exp",
+                "run",
+                "--pull",
+                *sum((["-S", f"{k}={v}"] for k, v in overrides.items()), []),
+            ]
+            run([*cmd, *(["--name", experiment] if experiment else [])], env=env)
+        else:
+            run(["dvc", "repro", "--pull"], env=env)
+    finally:
+        if previous:
+            run(["dvc", "config", "--local", "core.remote", previous])
+        else:
+            subprocess.run(
+                ["dvc", "config", "--local", "--unset", "core.remote"], capture_output=True, env=tool_env()
+            )
+
+
+# ------------------------------------------------------------------------ the worker
+
+
+@flow(name="zflora-stage", log_prints=True)
+@user_errors_fail
+def stage_flow(
+    stage: str, upstream: list[str], repo: str, commit: str, params_text: str, remote: str
+) -> dict:
+    """One DVC stage in this worker's workspace; returns how long each step took."""
+    logger = get_run_logger()
+    workspace = Path(os.environ.get("ZFLORA_WORKSPACE") or "")
+    if not workspace.is_absolute():
+        raise ZFLoRAError(
+            "this worker has no workspace of its own: start it with ZFLORA_WORKSPACE=<folder> (make cluster does)"
+        )
+    workspace.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 2)
+        clock = now
+
+    env = {**os.environ, "PYTHONPATH": str(workspace), "ZFLORA_PREFECT_MODE": "off", "ZFLORA_WARM": "0"}
+    env.pop("ZFLORA_RESTORE_ONLY", None)
+    if not (workspace / ".git").exists():
+        run(["git", "init", "-q", str(workspace)])
+    run(["git", "fetch", "-q", repo, commit], cwd=workspace)
+    run(["git", "checkout", "-q", "--force", "--detach", commit], cwd=workspace)
+    run(
+        ["git", "clean", "-q", "-ffdx", "-e", ".dvc/cache", "-e", ".dvc/config.local", "-e", ".dvc/tmp"],
+        cwd=workspace,
+    )
+    (workspace / "params.yaml").write_text(params_text)
+    run(["dvc", "remote", "add", "--local", "--force", "--default", REMOTE, remote], cwd=workspace)
+    step("checkout")
+    run(["dvc", "pull", "--run-cache", "--allow-missing", "-r", REMOTE], cwd=workspace, env=env)
+    if upstream:  # every upstream output from the run-cache: refuse to run any of them here
+        run(["dvc", "repro", "--pull", *upstream], cwd=workspace, env={**env, "ZFLORA_RESTORE_ONLY": "1"})
+    step("pull")
+    logger.info(f"running {stage} in {workspace}")
+    process = subprocess.Popen(
+        ["dvc", "repro", "--single-item", stage],
+        cwd=workspace,
+        env=tool_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tail: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip()
+        if line and "\r" not in line:
+            logger.info(line)
+            tail = (tail + [line])[-30:]
+    if process.wait() != 0:
+        reason = next((line for line in reversed(tail) if "error" in line.lower()), tail[-1] if tail else "")
+        raise ZFLoRAError(f"{stage}: {reason.removeprefix('zflora: error: ')}")
+    step("run")
+    run(["dvc", "push", "--run-cache", "-r", REMOTE], cwd=workspace, env=env)
+    step("push")
+    return {"stage": stage, "seconds": seconds, "worker": os.environ.get("ZFLORA_WORKER_NAME", "")}
