@@ -145,6 +145,28 @@ def latest_version(name: str) -> str | None:
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
+def task_holders(name: str, below: int | None = None) -> dict[str, str]:
+    """Task -> the newest version of multi-task model `name` holding it (from the versions'
+    `tasks` tags); with `below`, among the versions numbered below it only."""
+    from mlflow import MlflowClient
+
+    holders: dict[str, str] = {}
+    for version in sorted(
+        MlflowClient().search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+    ):
+        if below is not None and int(version.version) >= below:
+            continue
+        for task in filter(None, (version.tags or {}).get("tasks", "").split(",")):
+            holders[task] = str(version.version)
+    return holders
+
+
+def tag_version(name: str, version: str, key: str, value: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_model_version_tag(name, version, key, value)
+
+
 def download_adapters(name: str, version: str, dest: str | Path) -> dict[str, Path]:
     """The adapters of version `version` of multi-task model `name` (only the small adapter files)."""
     uri = f"models:/{name}/{version}/artifacts/{MULTITASK_ARTIFACT}/adapters"
