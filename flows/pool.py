@@ -22,13 +22,14 @@ Faults: a stage that fails ends the pipeline FAILED with one line naming it; no 
 depends on it starts, the running ones finish. A worker that dies mid-stage stops sending
 its flow run's heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by `make cluster`): after
 HEARTBEAT_DEADLINE_S the coordinator marks that run crashed and submits the stage again, to
-a live worker. Rerunning a killed coordinator continues from what completed: finished
+a live worker (at once when the run's process was on this host and is gone). Rerunning a killed coordinator continues from what completed: finished
 stages are in the run-cache and restore in seconds.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -147,7 +148,7 @@ def plan(targets: list[str] | None = None) -> Plan:
 
     with Repo() as repo:
         graph = repo.index.graph  # edges: stage -> the stages it depends on
-        names = {stage: stage.addressing for stage in graph.nodes}
+        names = {stage: stage.addressing.rsplit(":", 1)[-1] for stage in graph.nodes}
         changed = {name.split(":")[-1] for name in repo.status()}
         stale = {stage for stage in graph.nodes if names[stage] in changed}
         for stage in list(stale):
@@ -211,6 +212,20 @@ def _last_heartbeat(client: Any, run_id: Any) -> float | None:
         return None
     occurred = datetime.fromisoformat(events[0]["occurred"].replace("Z", "+00:00"))
     return (now - occurred).total_seconds()
+
+
+def _gone(client: Any, flow_run: Any) -> str | None:
+    """Why a RUNNING flow run's worker is gone, or None while it lives: its process, when it ran on
+    this host and has exited; else no heartbeat for HEARTBEAT_DEADLINE_S."""
+    host, _, pid = (flow_run.infrastructure_pid or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        return f"its process {pid} on this host is gone"
+    silent = _last_heartbeat(client, flow_run.id)
+    started = flow_run.start_time.timestamp() if flow_run.start_time else time.time()
+    quiet_for = silent if silent is not None else time.time() - started
+    if quiet_for > HEARTBEAT_DEADLINE_S:
+        return f"no heartbeat for {quiet_for:.0f} s: its worker is gone"
+    return None
 
 
 def coordinate(
@@ -371,7 +386,7 @@ def stage_flow(
         seconds[name] = round(now - clock, 2)
         clock = now
 
-    env = {**os.environ, "PYTHONPATH": str(workspace), "ZFLORA_PREFECT_MODE": "off", "ZFLORA_WARM": "0"}
+    env = {**os.environ, "PYTHONPATH": str(workspace), "ZFLORA_PREFECT_MODE": "off"}
     env.pop("ZFLORA_RESTORE_ONLY", None)
     if not (workspace / ".git").exists():
         run(["git", "init", "-q", str(workspace)])

@@ -107,6 +107,8 @@ def stage_run(
     }
     if os.environ.get("DVC_EXP_NAME"):
         all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("ZFLORA_WORKER_NAME"):  # a work pool's worker ran it (flows/pool.py)
+        all_tags["worker"] = os.environ["ZFLORA_WORKER_NAME"]
     run_name = all_tags["dvc_stage"]
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
         flat = flatten(params)
