@@ -147,11 +147,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['transformers']}. Each task has the same number of rows, in random order; prompts of 4-16 tokens. "
         "Rule: pack when packing needs fewer batches. A difference under 5 % counts as a tie (identical plans "
         "differ by that much between runs).",
-        "",
-        "| shape | K | rows per task | rows | batches grouped / packed | grouped (s) | packed (s) "
-        "| packed / grouped | rule picks | faster | rule right |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if result["rows"]:
+        lines += [
+            "",
+            "| shape | K | rows per task | rows | batches grouped / packed | grouped (s) | packed (s) "
+            "| packed / grouped | rule picks | faster | rule right |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for r in result["rows"]:
         b, t = r["batches"], r["seconds"]
         lines.append(

@@ -86,15 +86,17 @@ def plan_batches(
     Where it comes from: benchmarks/mixed_rule.py (results/mixed-rule-2026-12-07.md; one CPU
     thread, batches of 16, K = 2-32 tasks of 1-17 rows each, tiny and SmolLM2-135M shapes)
     times both plans. A decoding step costs much more than its rows' share, so a batch saved
-    is worth a lot, while each task in a mixed batch adds only its hooks' small products
-    (SmolLM2 shape, 16 rows: +10 % with 8 tasks, +26 % with 16). Packing won wherever it
-    saved many batches (SmolLM2, 16 tasks x 1 row: 0.26 of the grouped time; 8 x 4: 0.46),
-    and the rule picked the faster plan or one within 5 % in 50 of 53 configurations. The
-    misses: at the tiny shape (d = 128), 16 or 32 tasks of 15 rows, where packing saves one
-    or two batches but mixes all of them and a task's hooks cost ~10 % of a batch there
-    (packed 1.21x slower); and at the SmolLM2 shape 8 tasks x 15 rows (equal batch counts),
-    where packed was 18 % faster because this CPU runs a 16-row batch faster than a 15-row
-    one. With equal counts grouping keeps every row bit-identical to its task's checkpoint.
+    is worth a lot, while a mixed batch pays only its hooks' small products (one batch of 16
+    rows at the SmolLM2 shape, results/mixed-overhead-2026-12-07.md: 0.96-0.99x the plain
+    fused model with 1-4 tasks, 1.03x with 8, 1.18x with 16). Packing won wherever it saved
+    many batches (SmolLM2, 16 tasks x 1 row: 0.26 of the grouped time; 8 x 4: 0.46), and the
+    rule picked the faster plan or one within 5 % in 50 of 53 configurations. The misses: at
+    the tiny shape (d = 128), 16 or 32 tasks of 15 rows, where packing saves one or two
+    batches but mixes all of them, and the hooks cost 24 % of a batch plus about 6 % per
+    task there (packed 1.21x slower); and at the SmolLM2 shape 8 tasks x 15 rows (equal
+    batch counts), where packed was 18 % faster because this CPU runs a 16-row batch faster
+    than a 15-row one. With equal counts grouping keeps every row bit-identical to its
+    task's checkpoint.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ZFLoRAError(f"batch_size must be a positive integer, got {batch_size!r}")
