@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/mixed_rule.py                          # tiny + SmolLM2-135M shapes (~20 min)
     .venv/bin/python benchmarks/mixed_rule.py --shapes tiny --ks 4 8   # a quick look
     .venv/bin/python benchmarks/mixed_rule.py --parts overhead         # only the cost of mixing one batch
+    .venv/bin/python benchmarks/mixed_rule.py --parts profile --shapes smollm2-135m   # where a mixed step's time goes
 
 For K tasks with the same number of rows each (1, 4, 8, 15, 16, 17, ...), in batches of at most B:
 `grouped` runs each task's rows in batches of its own (a swap, the plain fused model),
@@ -12,12 +13,15 @@ model and prompts, interleaved, on this process's CPU time (one thread). The tab
 each plan's time and which plan `plan_batches(mode="auto")` picks (pack when that needs
 fewer batches), and whether that was the faster one. `overhead`: one batch of B rows
 through the plain fused model (one task, swapped in) and through the mixed pass with its
-rows split evenly over 1, 2, 4, 8, 16 tasks. Writes results/mixed-rule-<date>.{json,md}.
+rows split evenly over 1, 2, 4, 8, 16 tasks. `profile`: torch.profiler's top operators of
+one decoding step of B rows over 16 tasks (plain fused step for comparison). Writes
+results/mixed-rule-<date>.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import random
@@ -137,6 +141,39 @@ def overhead(mt: Any, args: Any, new_tokens: int, repeats: int, vocab: int) -> l
     return rows
 
 
+def profile(mt: Any, args: Any, vocab: int) -> dict[str, Any]:
+    """torch.profiler's operator table for one decoding step of B rows: plain, and mixed over 16 tasks."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    from transformers import DynamicCache
+
+    rng = random.Random(args.seed)
+    ids = torch.tensor([[rng.randrange(2, vocab) for _ in range(12)] for _ in range(args.batch_size)])
+    tasks = [f"task{i * 16 // args.batch_size}" for i in range(args.batch_size)]
+    out: dict[str, Any] = {}
+    for case in ("plain", "mixed-16"):
+        mt.use("task0" if case == "plain" else None)
+        context = mt.mixed.rows(tasks) if case != "plain" else contextlib.nullcontext()
+        with torch.no_grad(), context:
+            cache = DynamicCache()
+            first = mt.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            step = first.logits[:, -1:].argmax(-1)
+            seconds = []
+            for _ in range(5):  # decode steps at the same position: drop the step's cache entry each time
+                start = time.process_time()
+                mt.model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                seconds.append(time.process_time() - start)
+                cache.crop(-1)
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                mt.model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out[case] = {
+            "step_seconds": statistics.median(seconds),
+            "table": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8),
+        }
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -144,12 +181,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`{result['command']}` on {m['cpu']} ({m['cores']} cores), 1 thread, process CPU time, fp32, "
         f"r = {s['r']}, batches of at most {s['batch_size']} rows; torch {m['torch']}, transformers "
-        f"{m['transformers']}. Each task has the same number of rows, in random order; prompts of 4-16 tokens. "
-        "Rule: pack when packing needs fewer batches. A difference under 5 % counts as a tie (identical plans "
-        "differ by that much between runs).",
+        f"{m['transformers']}; prompts of 4-16 tokens.",
     ]
     if result["rows"]:
         lines += [
+            "",
+            "Each task has the same number of rows, in random order. Rule: pack when packing needs fewer "
+            "batches. A difference under 5 % counts as a tie (identical plans differ by that much between runs).",
             "",
             "| shape | K | rows per task | rows | batches grouped / packed | grouped (s) | packed (s) "
             "| packed / grouped | rule picks | faster | rule right |",
@@ -183,6 +221,21 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['shape']} | {r['case']} | {r['tasks']} | {r['seconds']:.3f} | {r['over_plain']:.3f} |"
             )
+    for shape, cases in result.get("profile", {}).items():
+        lines += [
+            "",
+            f"## One decoding step of {s['batch_size']} rows, {shape} shape: plain vs mixed over 16 tasks",
+            "",
+        ]
+        for case, data in cases.items():
+            lines += [
+                f"`{case}`: {1e3 * data['step_seconds']:.1f} ms per step (median of 5); torch.profiler, top operators:",
+                "",
+                "```",
+                data["table"].rstrip(),
+                "```",
+                "",
+            ]
     return "\n".join([*lines, ""])
 
 
@@ -205,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parts", nargs="+", default=["rule", "overhead"], choices=["rule", "overhead"])
+    p.add_argument(
+        "--parts", nargs="+", default=["rule", "overhead"], choices=["rule", "overhead", "profile"]
+    )
     p.add_argument("--out", default=None, help="results name (default mixed-rule-<date>)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -218,14 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings,
         "rows": [],
         "overhead": [],
+        "profile": {},
     }
     for shape in args.shapes:
         grid = dict(GRID[shape], **{k: v for k, v in (("ks", args.ks), ("rows", args.rows)) if v})
         settings["grid"][shape] = grid
         vocab = SHAPES[shape]["vocab_size"]
         ks = grid["ks"] if "rule" in args.parts else []
-        if "overhead" in args.parts and 16 not in ks:
-            ks = [*ks, 16]  # the overhead cells need 16 tasks
+        if {"overhead", "profile"} & set(args.parts) and 16 not in ks:
+            ks = [*ks, 16]  # the overhead and profile cells need 16 tasks
         for k in ks:
             with tempfile.TemporaryDirectory() as tmp:
                 mt = build(shape, k, args.r, args.seed, Path(tmp))
@@ -237,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"[{shape}] {row['case']}: {row['seconds']:.3f} s, x{row['over_plain']:.3f}",
                             flush=True,
                         )
+                    save(result, name)
+                if "profile" in args.parts and k == 16:
+                    result["profile"][shape] = profile(mt, args, vocab)
                     save(result, name)
                 if "rule" not in args.parts or k not in grid["ks"]:
                     continue
