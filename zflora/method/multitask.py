@@ -240,7 +240,7 @@ class MultiTaskModel:
                 raise ZFLoRAError(f"row {row}: {self._unknown(task)}")
         completions: list[str | None] = [None] * len(prompts)
         with self._lock:
-            self.last_batches: list[tuple[str, list[str | None]]] = []
+            self.last_batches = []
             for rows in self.plan(tasks, batch_size):
                 batch_tasks = [tasks[i] for i in rows]
                 mixed = len(set(batch_tasks)) > 1
