@@ -1,20 +1,29 @@
-"""Multi-task serving: one fused zFLoRA model with grouped swaps vs PEFT multi-adapter vs K merged models.
+"""Multi-task serving: one fused zFLoRA model (grouped swaps, or mixed one-pass batches) vs PEFT
+multi-adapter vs K merged models vs one plain fused model.
 
-    .venv/bin/python benchmarks/serving.py                       # tiny + SmolLM2-135M shapes, K = 3 and 8
-    .venv/bin/python benchmarks/serving.py --shapes tiny --ks 3  # a quick look
+    .venv/bin/python benchmarks/serving.py                       # tiny + SmolLM2-135M, K = 1 3 8 32, 32 and 128 requests
+    .venv/bin/python benchmarks/serving.py --shapes tiny --ks 3 --requests 32  # a quick look
     .venv/bin/python benchmarks/serving.py --threads 2 --clock wall   # a quiet, dedicated machine
 
 A stream of N requests over K tasks (each task drawn at random, seeded) arrives at once
 (batch arrival); the server answers them in batches of at most B rows, greedy, exactly
-`--new-tokens` new tokens per request (no end-of-sequence token), and the three ways of
+`--new-tokens` new tokens per request (no end-of-sequence token), and these ways of
 serving K task adapters are compared on the same base weights and the same stream:
 
-- `zflora`: one fused zFLoRA model (`zflora.MultiTaskModel`): rows grouped by task, the
+- `zflora`: one fused zFLoRA model (`zflora.MultiTaskModel`), rows grouped by task, the
   adapter swapped in place between groups (preloaded adapters, cached E·P), each group
-  generated in batches of B;
+  generated in batches of B (the only path before mixed batches);
+- `zflora-mixed`: the same model serving the stream as `MultiTaskModel.generate` does: the
+  batches of `MultiTaskModel.plan` (task-sorted rows packed into batches of B when that
+  saves batches, else grouped); a batch of several tasks runs in one pass with per-row
+  adapters, a batch of one task swaps its adapter in;
 - `peft-mixed`: HF PEFT with all K LoRA adapters loaded (unmerged), the stream in arrival
   order in batches of B, each batch mixed (`generate(..., adapter_names=[...])`);
-- `merged-copies`: one merged LoRA model per task (K full copies), rows grouped by task.
+- `merged-copies`: one merged LoRA model per task (K full copies), rows grouped by task
+  (not run where the K copies would pass `--max-copies-gb`);
+- `fused`: one plain fused zFLoRA model (task0's adapter) serving the stream in arrival
+  order in batches of B, task ignored: at K = 1 the single-task server, at K > 1 a ceiling
+  (what the shared GEMMs alone cost; its answers for other tasks are not theirs).
 
 Each method runs in its own process, loading from files (safetensors) written once per
 shape. Reported: throughput (generated tokens / s of the whole stream), p50 and p95
@@ -47,7 +56,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("zflora", "peft-mixed", "merged-copies")
+METHODS = ("zflora", "zflora-mixed", "peft-mixed", "merged-copies", "fused")
+LABELS = {
+    "zflora": "(a) zFLoRA, grouped swaps",
+    "zflora-mixed": "(d) zFLoRA, mixed one-pass batches",
+    "peft-mixed": "(b) PEFT, K adapters, mixed batches",
+    "merged-copies": "(c) K merged LoRA copies",
+    "fused": "(e) one plain fused model",
+}
 
 
 def _shapes() -> dict[str, dict[str, Any]]:
@@ -80,10 +96,10 @@ def _shapes() -> dict[str, dict[str, Any]]:
 
 
 SHAPES = _shapes()
-# a shape's stream and repeats unless given on the command line (the default run: a few minutes on 2 cores)
+# a shape's stream and repeats unless given on the command line
 STREAM = {
-    "tiny": dict(requests=64, new_tokens=16, repeats=3),
-    "smollm2-135m": dict(requests=32, new_tokens=8, repeats=1),
+    "tiny": dict(new_tokens=16, repeats=5),
+    "smollm2-135m": dict(new_tokens=8, repeats=1),
 }
 
 
@@ -202,7 +218,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     from zflora.harness.generation import generate_text
-    from zflora.method.loading import load_tokenizer
+    from zflora.method.fusion import swap_adapter
+    from zflora.method.loading import load_causal_lm, load_tokenizer
     from zflora.method.multitask import MultiTaskModel
 
     method, k, root = spec["method"], spec["k"], Path(spec["dir"])
@@ -216,10 +233,15 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     before = rss_mb()
     load_start = time.perf_counter()
     with torch.no_grad():
-        if method == "zflora":
+        if method in ("zflora", "zflora-mixed"):
             mt = MultiTaskModel.from_directory(root / "multitask")
             mt.model.generation_config.eos_token_id = None
             tokenizer = mt.tokenizer
+        elif method == "fused":  # the plain fused model with task0's adapter, nothing else held
+            fused, tokenizer = load_causal_lm(root / "multitask" / "base")
+            swap_adapter(fused, root / "zflora" / "task0")
+            fused.requires_grad_(False).eval()
+            fused.generation_config.eos_token_id = None
         else:
             tokenizer = load_tokenizer(root / "base")
 
@@ -241,7 +263,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                     for task in tasks
                 }
     load_s = time.perf_counter() - load_start
-    if method == "zflora":
+    if method == "fused":
+        tensors = [*fused.state_dict().values()]
+    elif method in ("zflora", "zflora-mixed"):
         tensors = [*mt.model.state_dict().values()]
         for weights in mt.adapters.values():
             tensors += [*weights.tensors.values()]
@@ -272,10 +296,25 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         """Answer every request; the latency of each (s since the stream arrived, on `clock`)."""
         done = [0.0] * len(reqs)
         start = clock()
-        if method == "peft-mixed":  # arrival order, mixed batches
+        if method in ("peft-mixed", "fused"):  # arrival order
             for first in range(0, len(reqs), batch):
                 rows = list(range(first, min(first + batch, len(reqs))))
-                mixed_batch(rows)
+                if method == "fused":
+                    prompts = [reqs[i][0] for i in rows]
+                    generate_text(fused, tokenizer, prompts, max_new_tokens=new_tokens, batch_size=batch)
+                else:
+                    mixed_batch(rows)
+                for i in rows:
+                    done[i] = clock() - start
+            return done
+        if method == "zflora-mixed":  # MultiTaskModel.generate's own batches, timed one by one
+            for rows in mt.plan([task for _, task in reqs], batch):
+                mt.generate(
+                    [reqs[i][0] for i in rows],
+                    [reqs[i][1] for i in rows],
+                    max_new_tokens=new_tokens,
+                    batch_size=batch,
+                )
                 for i in rows:
                     done[i] = clock() - start
             return done
@@ -320,6 +359,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": method,
         "k": k,
+        "requests": len(requests),
         "load_s": load_s,
         "resident_mb": resident,
         "weights_mb": weights_mb,
@@ -372,25 +412,43 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _by(rows: list[dict[str, Any]]) -> dict[tuple[str, int, int], dict[str, dict[str, Any]]]:
+    """{(shape, K, requests): {method: row}} in run order."""
+    table: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        table.setdefault((r["shape"], r["k"], r["requests"]), {})[r["method"]] = r
+    return table
+
+
+def _ran(row: dict[str, Any] | None) -> bool:
+    return row is not None and "tokens_per_s" in row
+
+
 def checks(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
-    for shape in dict.fromkeys(r["shape"] for r in rows):
-        for k in dict.fromkeys(r["k"] for r in rows if r["shape"] == shape):
-            by = {r["method"]: r for r in rows if r["shape"] == shape and r["k"] == k}
-            if {"zflora", "peft-mixed"} <= set(by):
-                ratio = by["zflora"]["tokens_per_s"] / by["peft-mixed"]["tokens_per_s"]
+    for (shape, k, n), by in _by(rows).items():
+        where = f"- {shape}, K={k}, {n} requests"
+        for method in ("zflora-mixed", "zflora"):
+            if _ran(by.get(method)) and _ran(by.get("peft-mixed")):
+                ratio = by[method]["tokens_per_s"] / by["peft-mixed"]["tokens_per_s"]
                 verdict = "meets" if ratio >= 1.0 else "DOES NOT meet"
                 lines.append(
-                    f"- {shape}, K={k}: zFLoRA throughput / PEFT mixed-batch = {ratio:.2f} "
-                    f"({verdict} 'at least matches')"
+                    f"{where}: {method} / PEFT mixed-batch throughput = {ratio:.2f} ({verdict} '>= 1')"
                 )
-            if {"zflora", "merged-copies"} <= set(by):
-                weights = by["zflora"]["weights_mb"] / by["merged-copies"]["weights_mb"]
-                rss = by["zflora"]["resident_mb"] / by["merged-copies"]["resident_mb"]
-                lines.append(
-                    f"- {shape}, K={k}: zFLoRA memory / K merged copies = {weights:.3f} in weights, "
-                    f"{rss:.3f} in resident memory (1/K = {1 / k:.3f})"
-                )
+        if _ran(by.get("zflora-mixed")) and _ran(by.get("fused")):
+            ratio = by["zflora-mixed"]["tokens_per_s"] / by["fused"]["tokens_per_s"]
+            if k == 1:
+                verdict = "meets" if ratio >= 0.95 else "DOES NOT meet"
+                lines.append(f"{where}: zflora-mixed / plain fused = {ratio:.3f} ({verdict} 'within 5 %')")
+            else:
+                lines.append(f"{where}: zflora-mixed / plain fused (one task, a ceiling) = {ratio:.3f}")
+        if _ran(by.get("zflora-mixed")) and _ran(by.get("merged-copies")):
+            weights = by["zflora-mixed"]["weights_mb"] / by["merged-copies"]["weights_mb"]
+            rss = by["zflora-mixed"]["resident_mb"] / by["merged-copies"]["resident_mb"]
+            lines.append(
+                f"{where}: zFLoRA memory / K merged copies = {weights:.3f} in weights, "
+                f"{rss:.3f} in resident memory (1/K = {1 / k:.3f})"
+            )
     return lines
 
 
@@ -407,19 +465,36 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['prompt_lengths'][0]}-{s['prompt_lengths'][1]} tokens; batches of at most {s['batch_size']} rows; "
         f"r = {s['r']}; "
         + "; ".join(
-            f"{shape}: {v['requests']} requests x {v['new_tokens']} new tokens, median of {v['repeats']} run(s)"
+            f"{shape}: {' and '.join(map(str, v['requests']))} requests x {v['new_tokens']} new tokens, "
+            f"median of {v['repeats']} run(s)"
             for shape, v in s["streams"].items()
         )
-        + ".",
+        + ". Ratios: throughput over PEFT mixed batches (b) and over the plain fused model (e) of the same "
+        "row group.",
         "",
-        "| shape | K | method | tokens/s | p50 latency (s) | p95 latency (s) | weights (MB) | resident memory (MB) | peak resident (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shape | K | requests | method | tokens/s | / PEFT | / fused | p50 latency (s) | p95 latency (s) "
+        "| weights (MB) | resident memory (MB) | peak resident (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['shape']} | {r['k']} | {r['method']} | {r['tokens_per_s']:.1f} | {r['p50_s']:.2f} | "
-            f"{r['p95_s']:.2f} | {r['weights_mb']:.1f} | {r['resident_mb']:.0f} | {r['peak_mb']:.0f} |"
-        )
+    for (shape, k, n), by in _by(result["rows"]).items():
+        for method in METHODS:
+            r = by.get(method)
+            if r is None:
+                continue
+            if not _ran(r):
+                lines.append(
+                    f"| {shape} | {k} | {n} | {LABELS[method]} | not run: {r['skipped']} |{' |' * 7}"
+                )
+                continue
+            ratios = [
+                f"{r['tokens_per_s'] / by[ref]['tokens_per_s']:.2f}" if _ran(by.get(ref)) else "-"
+                for ref in ("peft-mixed", "fused")
+            ]
+            lines.append(
+                f"| {shape} | {k} | {n} | {LABELS[method]} | {r['tokens_per_s']:.1f} | {ratios[0]} | {ratios[1]} | "
+                f"{r['p50_s']:.2f} | {r['p95_s']:.2f} | {r['weights_mb']:.1f} | {r['resident_mb']:.0f} | "
+                f"{r['peak_mb']:.0f} |"
+            )
     return "\n".join([*lines, "", "Checks:", "", *result["checks"], ""])
 
 
@@ -432,21 +507,21 @@ def plot(result: dict[str, Any], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for shape in dict.fromkeys(r["shape"] for r in result["rows"]):
-        rows = [r for r in result["rows"] if r["shape"] == shape]
-        ks = list(dict.fromkeys(r["k"] for r in rows))
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        rows = [r for r in result["rows"] if r["shape"] == shape and _ran(r)]
+        cells = list(dict.fromkeys((r["k"], r["requests"]) for r in rows))
+        fig, axes = plt.subplots(1, 3, figsize=(4.5 * 3, 3.8))
         width = 0.8 / len(METHODS)
         for j, method in enumerate(METHODS):
-            values = {r["k"]: r for r in rows if r["method"] == method}
-            xs = [i + (j - 1) * width for i in range(len(ks))]
+            values = {(r["k"], r["requests"]): r for r in rows if r["method"] == method}
+            xs = [i + (j - (len(METHODS) - 1) / 2) * width for i in range(len(cells))]
             for ax, key in zip(axes, ("tokens_per_s", "p95_s", "weights_mb")):
-                ax.bar(xs, [values[k][key] if k in values else 0 for k in ks], width, label=method)
+                ax.bar(xs, [values[c][key] if c in values else 0 for c in cells], width, label=method)
         for ax, title in zip(
             axes, ("throughput (tokens/s)", "p95 latency per request (s)", "weights held (MB)")
         ):
-            ax.set_xticks(range(len(ks)), [f"K={k}" for k in ks])
+            ax.set_xticks(range(len(cells)), [f"K={k}\n{n} req" for k, n in cells], fontsize=7)
             ax.set_title(title)
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=7)
         fig.suptitle(f"multi-task serving, {shape} shape ({result['settings']['clock']} clock)")
         fig.tight_layout()
         path = folder / f"{shape}.png"
@@ -456,13 +531,32 @@ def plot(result: dict[str, Any], folder: Path) -> list[Path]:
     return paths
 
 
+def copies_gb(shape: str, k: int) -> float:
+    """What K merged fp32 copies of the shape's model weigh (GB)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPES[shape])
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    return k * sum(p.numel() for p in model.parameters()) * 4 / 1e9
+
+
+def write(result: dict[str, Any], name: str) -> None:
+    """The JSON and Markdown results, rewritten after every row: a run cut short keeps what it measured."""
+    result["checks"] = checks(result["rows"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--ks", nargs="+", type=int, default=[3, 8])
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 3, 8, 32])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--requests", type=int, default=None, help="requests in the stream (default: per shape)")
+    p.add_argument("--requests", nargs="+", type=int, default=[32, 128], help="requests in the stream")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens per request (default: per shape)")
     p.add_argument("--prompt-lengths", nargs=2, type=int, default=[4, 16])
@@ -470,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs of the stream (default: per shape)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-copies-gb",
+        type=float,
+        default=8.0,
+        help="skip merged-copies where K fp32 copies of the model would weigh more (SmolLM2 at K=32: 17 GB)",
+    )
     p.add_argument(
         "--clock",
         choices=["cpu", "wall"],
@@ -483,8 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
         return 0
     name = args.out or f"serving-{dt.date.today().isoformat()}"
-    info = machine()
-    rows: list[dict[str, Any]] = []
+    command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.monotonic()
     settings: dict[str, Any] = {
         "batch_size": args.batch_size,
@@ -495,49 +594,57 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "streams": {},
     }
+    result: dict[str, Any] = {
+        "command": command.strip(),
+        "machine": machine(),
+        "settings": settings,
+        "rows": [],
+    }
     for shape in args.shapes:
         vocab = SHAPES[shape]["vocab_size"]
         run = {key: getattr(args, key) or value for key, value in STREAM[shape].items()}
-        settings["streams"][shape] = run
+        settings["streams"][shape] = {"requests": args.requests, **run}
         for k in args.ks:
             with tempfile.TemporaryDirectory(prefix=f"zflora-serving-{shape}-") as tmp:
                 t0 = time.monotonic()
                 prepare(shape, k, args.r, args.seed, Path(tmp))
                 print(f"[{shape} K={k}] prepared in {time.monotonic() - t0:.0f} s", flush=True)
-                requests = stream(k, run["requests"], tuple(args.prompt_lengths), vocab, args.seed + k)
-                for method in args.methods:
-                    spec = {
-                        "method": method,
-                        "k": k,
-                        "dir": tmp,
-                        "requests": requests,
-                        "batch_size": args.batch_size,
-                        "new_tokens": run["new_tokens"],
-                        "repeats": run["repeats"],
-                        "threads": args.threads,
-                        "clock": args.clock,
-                    }
-                    row = {"shape": shape, **run_worker(spec)}
-                    rows.append(row)
-                    print(
-                        f"[{shape} K={k}] {method:>13}: {row['tokens_per_s']:7.1f} tokens/s, "
-                        f"p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, weights {row['weights_mb']:.1f} MB, "
-                        f"resident {row['resident_mb']:.0f} MB "
-                        f"(load {row['load_s']:.1f} s)",
-                        flush=True,
-                    )
-    command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = {
-        "command": command.strip(),
-        "machine": info,
-        "settings": settings,
-        "rows": rows,
-        "seconds": time.monotonic() - started,
-    }
-    result["checks"] = checks(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(result))
+                for n in args.requests:
+                    # seeded by K as before: the first 32 requests of 128 are the 32-request stream
+                    requests = stream(k, n, tuple(args.prompt_lengths), vocab, args.seed + k)
+                    for method in args.methods:
+                        where = f"[{shape} K={k} N={n}] {method:>13}"
+                        if method == "merged-copies" and copies_gb(shape, k) > args.max_copies_gb:
+                            skipped = f"{k} copies need {copies_gb(shape, k):.0f} GB (--max-copies-gb {args.max_copies_gb:g})"
+                            result["rows"].append(
+                                {"shape": shape, "method": method, "k": k, "requests": n, "skipped": skipped}
+                            )
+                            print(f"{where}: not run, {skipped}", flush=True)
+                            continue
+                        spec = {
+                            "method": method,
+                            "k": k,
+                            "dir": tmp,
+                            "requests": requests,
+                            "batch_size": args.batch_size,
+                            "new_tokens": run["new_tokens"],
+                            "repeats": run["repeats"],
+                            "threads": args.threads,
+                            "clock": args.clock,
+                        }
+                        row = {"shape": shape, **run_worker(spec)}
+                        result["rows"].append(row)
+                        result["seconds"] = time.monotonic() - started
+                        write(result, name)
+                        print(
+                            f"{where}: {row['tokens_per_s']:7.1f} tokens/s, "
+                            f"p50 {row['p50_s']:.2f} s, p95 {row['p95_s']:.2f} s, weights {row['weights_mb']:.1f} MB, "
+                            f"resident {row['resident_mb']:.0f} MB "
+                            f"(load {row['load_s']:.1f} s)",
+                            flush=True,
+                        )
+    result["seconds"] = time.monotonic() - started
+    write(result, name)
     pngs = plot(result, RESULTS / name)
     print(markdown(result))
     print(f"wrote {RESULTS / f'{name}.json'}, {RESULTS / f'{name}.md'}, {', '.join(map(str, pngs))}")

@@ -209,3 +209,7 @@ def test_runs_and_misuse():
         with mixed.rows(["a", None]):
             fused(torch.ones(3, 4, dtype=torch.long))
     assert all(not m._forward_hooks for m in fused.modules())  # removed even after an error
+    swap_adapter(fused, zm.adapter_weights("default"))
+    with pytest.raises(ZFLoRAError, match=r"holds adapter 'default'; mixed rows need its base state"):
+        with mixed.rows(["a", None]):
+            pass

@@ -15,10 +15,14 @@ values into the slices; `fusion.adapter_slice_values` gives them):
 - writers (o/down): channels d:d+r_t = z @ A_t^T (an r_t x in block);
 - every RMSNorm: adapter channels x sqrt((d+r_t)/(d+w)), the gamma' a swap writes (only
   when a task's r_t is below the fused width w; 1 otherwise, and the hook is not set);
-- LM head: + x[..., d:d+r_t] @ H_t^T, H_t = (E·P)_t (tied) or (W_h·Q)_t (untied).
+- LM head: its input's base channels + M_t x[d:d+r_t] (M = P tied, Q untied), so the head
+  computes W_h (x[:d] + M_t x[d:]): the fused head [W_h, W_h M_t] applied to x, with a
+  d x r_t product per task instead of a V x r_t one (the training form's exit).
 
 One low-rank product per adapted projection and run of consecutive rows of one task,
-where LoRA needs two; base rows (None) need nothing. Rows should be ordered by task (the
+where LoRA needs two; base rows (None) need nothing. Logits equal each task's fused
+checkpoint up to float rounding (the products are added after the shared GEMMs, not
+inside them). Rows should be ordered by task (the
 caller's job) so each task is one run. Nothing per task is copied: the hooks read the
 adapter's own tensors and its cached products (converted only when the model's dtype or
 device differs, for the duration of one `rows` block).
@@ -94,6 +98,11 @@ class MixedAdapters:
         The batch dimension of every forward must be len(tasks), in this order (generate with
         greedy search or sampling keeps it; beam search does not).
         """
+        if fused_meta(self.model)["adapter"] is not None:
+            raise ZFLoRAError(
+                f"the fused model holds adapter {fused_meta(self.model)['adapter']!r}; mixed rows need its "
+                "base state: swap_adapter(model, None) first"
+            )
         unknown = sorted({t for t in tasks if t is not None and t not in self.adapters})
         if unknown:
             known = ", ".join(sorted(self.adapters)) or "none"

@@ -1,4 +1,4 @@
-"""Many task adapters on one fused model: grouped in-place swaps, one batch per task.
+"""Many task adapters on one fused model: mixed batches in one pass, or in-place swaps per task.
 
     mt = zflora.MultiTaskModel(fused, {"math": "adapters/math", "chat": "adapters/chat"})
     mt.generate(prompts, tasks=["math", None, "chat"])     # None -> the exact base model
@@ -7,14 +7,22 @@
 pass `tokenizer=`) or a fused checkpoint directory.
 
 Every adapter is read, validated against the fused model (base fingerprint, r <= width)
-and preloaded once, with its embedding product E·P cached, so a switch is a pure copy
-of the adapter slices (`swap_adapter`). `generate` groups the rows by task, swaps once
-per group (the active task's group first), generates each group as a batch with
-`generate_text` and returns the completions in input order. A lock serialises swaps and
-generation, so concurrent callers (threads of a server) never see each other's adapter.
+and preloaded once, with its embedding product E·P cached. `generate` sorts the rows by
+task and runs them in the batches `plan` gives (`plan_batches`: packed across tasks when
+that needs fewer batches, else one task per batch):
 
-What a group's rows get is bit-identical to the task's own fused checkpoint running the
-same batch: after `swap_adapter(fused, task)` every weight equals that checkpoint's.
+- a batch of several tasks (the base among them) runs once per decoding step on the
+  model at its base state, each row with its own task's adapter blocks added by
+  `zflora.method.mixed.MixedAdapters`: one low-rank product per adapted projection;
+- a batch of one task swaps that task's adapter in (`swap_adapter`, a pure copy of the
+  adapter slices) and runs the plain fused model, bit-identical to the task's own fused
+  checkpoint.
+
+Completions come back in input order; `last_batches` records which path each batch took.
+A mixed row's logits equal its task's fused checkpoint's up to float rounding (the
+adapter's product is added after the shared GEMM instead of inside it). A lock serialises
+swaps and generation, so concurrent callers (threads of a server) never see each other's
+adapter.
 
 On disk, a multi-task directory (what the MLflow registry stores):
 
@@ -47,6 +55,7 @@ FORMAT_VERSION = 1
 MANIFEST = "multitask.json"
 BASE_DIR = "base"
 ADAPTERS_DIR = "adapters"
+PLAN_MODES = ("auto", "grouped", "packed")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -63,25 +72,36 @@ def check_task_name(task: Any) -> str:
 
 
 def plan_batches(
-    tasks: Sequence[str | None], batch_size: int = 16, first: str | None = None
+    tasks: Sequence[str | None], batch_size: int = 16, first: str | None = None, mode: str = "auto"
 ) -> list[list[int]]:
     """Batches of row indices for rows of these tasks: per-task batches, or task-sorted packed ones.
 
     Rows are ordered by task (`first`'s rows first, then tasks by first appearance). Grouped:
     each task's rows cut into batches of `batch_size`, every batch one task (a swap and the
     plain fused model). Packed: the same order cut into batches of `batch_size`, so a batch
-    may span several tasks (one pass with per-row adapters). The rule: pack when packing
-    needs fewer batches (sum of ceil(n_t / B) over tasks > ceil(N / B)), else group.
+    may span several tasks (one pass with per-row adapters). The rule (`mode="auto"`): pack
+    when packing needs fewer batches (sum of ceil(n_t / B) over tasks > ceil(N / B)), else
+    group; "grouped" and "packed" force one (benchmarks compare them).
 
-    Where it comes from (benchmarks/mixed_rule.py, results/mixed-rule-2026-12-07.md, CPU, one
-    thread): a decoding step's cost grows slowly with its rows, so a batch saved is worth
-    most of a full batch, while a mixed batch costs a few percent more per task it holds
-    (SmolLM2-135M shape: +10 % at 8 tasks in 16 rows, +26 % at 16). Packing won every
-    configuration where it saved a batch; with equal batch counts grouping was as fast and
-    keeps every row bit-identical to its task's fused checkpoint.
+    Where it comes from: benchmarks/mixed_rule.py (results/mixed-rule-2026-12-07.md; one CPU
+    thread, batches of 16, K = 2-32 tasks of 1-17 rows each, tiny and SmolLM2-135M shapes)
+    times both plans. A decoding step costs much more than its rows' share, so a batch saved
+    is worth a lot, while a mixed batch pays only its hooks' small products (one batch of 16
+    rows at the SmolLM2 shape, results/mixed-overhead-2026-12-07.md: 0.96-0.99x the plain
+    fused model with 1-4 tasks, 1.03x with 8, 1.18x with 16). Packing won wherever it saved
+    many batches (SmolLM2, 16 tasks x 1 row: 0.26 of the grouped time; 8 x 4: 0.46), and the
+    rule picked the faster plan or one within 5 % in 50 of 53 configurations. The misses: at
+    the tiny shape (d = 128), 16 or 32 tasks of 15 rows, where packing saves one or two
+    batches but mixes all of them, and the hooks cost 24 % of a batch plus about 6 % per
+    task there (packed 1.21x slower); and at the SmolLM2 shape 8 tasks x 15 rows (equal
+    batch counts), where packed was 18 % faster because this CPU runs a 16-row batch faster
+    than a 15-row one. With equal counts grouping keeps every row bit-identical to its
+    task's checkpoint.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ZFLoRAError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if mode not in PLAN_MODES:
+        raise ZFLoRAError(f"plan mode must be one of {', '.join(PLAN_MODES)}, got {mode!r}")
     groups: dict[str | None, list[int]] = {}
     for row, task in enumerate(tasks):
         groups.setdefault(task, []).append(row)
@@ -89,7 +109,9 @@ def plan_batches(
     grouped = [groups[t][i : i + batch_size] for t in order for i in range(0, len(groups[t]), batch_size)]
     rows = [row for t in order for row in groups[t]]
     packed = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    return packed if len(packed) < len(grouped) else grouped
+    if mode == "auto":
+        mode = "packed" if len(packed) < len(grouped) else "grouped"
+    return packed if mode == "packed" else grouped
 
 
 class MultiTaskModel:
@@ -100,6 +122,12 @@ class MultiTaskModel:
     `tokenizer=`, the tokenizer saved next to the model is used. `adapters` maps task names to adapter
     directories or `AdapterWeights`. The model is owned by this object from then on:
     swap it only through `generate`/`use`, or the active-task bookkeeping goes stale.
+
+    A request whose rows belong to several tasks runs as one batch per decoding step (up to
+    `batch_size` rows) with per-row adapters; a batch of one task runs the plain fused model
+    with that adapter swapped in. Which batches: `plan` (the rule and its measurement are in
+    `plan_batches`). Per task it holds the adapter's own tensors and its cached E·P (and W_h·Q
+    for an untied head), never a copy of a base-sized matrix.
     """
 
     def __init__(
@@ -212,7 +240,7 @@ class MultiTaskModel:
                 raise ZFLoRAError(f"row {row}: {self._unknown(task)}")
         completions: list[str | None] = [None] * len(prompts)
         with self._lock:
-            self.last_batches: list[tuple[str, list[str | None]]] = []
+            self.last_batches = []
             for rows in self.plan(tasks, batch_size):
                 batch_tasks = [tasks[i] for i in rows]
                 mixed = len(set(batch_tasks)) > 1
