@@ -37,25 +37,43 @@ def tracking_uri() -> str:
 def setup_mlflow(experiment: str) -> str:
     """Point MLflow at the project's store and make sure the experiment exists; returns its id.
 
-    Creating the sqlite schema happens here, once, in the first stage (`base`), before any
-    later stage logs to it.
+    The sqlite store's schema is created by the first stage that logs. Experiments queued
+    with `dvc exp run --queue --jobs N` start their first stages at once into one store, so
+    creating it is serialised with a lock file next to it (else: "table params already exists").
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        location = None
-        if tracking_uri().startswith("sqlite:"):
-            location = (project_root() / DEFAULT_ARTIFACTS).as_uri()
-        try:
-            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
-        except Exception:  # another process created it first
-            experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    uri = tracking_uri()
+    with _store_lock(uri):
+        mlflow.set_tracking_uri(uri)
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if uri.startswith("sqlite:"):
+                location = (project_root() / DEFAULT_ARTIFACTS).as_uri()
+            try:
+                experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+            except Exception:  # another process created it first
+                experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on `<db>.lock` for a local sqlite store; nothing for a server."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def git_commit() -> str:
