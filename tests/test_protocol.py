@@ -169,6 +169,8 @@ def test_validation_is_held_out_from_training_and_test(task, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # the default experiment's artifacts go to ./mlruns, not the checkout
     import mlflow
 
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("prepare")  # not whichever experiment an earlier test left active
     params = {"train_size": 2000, "validation_size": 60, "test_size": 60, "seed": 0, "data_dir": None}
     with mlflow.start_run():
         stats = prepare_task.fn(task, params, str(tmp_path / "data"))
@@ -203,6 +205,8 @@ def test_real_tasks_carve_validation_from_training_data_minus_training_prompts(t
     monkeypatch.setattr(data, "get_task", lambda name: Spec())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("prepare")
     params = {"train_size": 5, "validation_size": 7, "test_size": 3, "seed": 0, "data_dir": None}
     with mlflow.start_run():
         stats = data.prepare_task.fn("gsm8k", params, str(tmp_path / "data"))
@@ -295,11 +299,18 @@ def test_the_first_seed_reuses_the_tune_stages_winning_run_and_only_that(model_d
     assert reused["reused_from"] == str(winner)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (tmp_path / "seed0" / name).read_bytes() == (winner / name).read_bytes()
-    # the same run trained from scratch gives the same adapter: reuse is exact, not an approximation
+    # the same run trained again gives the same adapter (up to floating-point summation order:
+    # kernels may pick other code paths for other allocations), so reusing it changes nothing
     fresh = train_method(model_dir, examples, tmp_path / "fresh", "zflora", chosen, adapter, progress=False)
-    assert "reused_from" not in fresh and [list(p) for p in fresh["loss_curve"]] == reused["loss_curve"]
+    assert "reused_from" not in fresh
+    assert [step for step, _ in fresh["loss_curve"]] == [step for step, _ in reused["loss_curve"]]
+    assert all(abs(a[1] - b[1]) < 1e-4 for a, b in zip(fresh["loss_curve"], reused["loss_curve"]))
+    from safetensors.torch import load_file
+
     weights = "adapter_model.safetensors"
-    assert (tmp_path / "fresh" / weights).read_bytes() == (winner / weights).read_bytes()
+    again, kept_weights = load_file(tmp_path / "fresh" / weights), load_file(winner / weights)
+    assert again.keys() == kept_weights.keys()
+    assert all(torch.allclose(again[k], kept_weights[k], rtol=1e-4, atol=1e-6) for k in again)
     # another run (another seed) does not take the winner's weights
     other = chosen.model_copy(update={"seed": 1})
     trained = train_method(

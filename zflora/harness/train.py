@@ -208,9 +208,10 @@ def train_method(
     """Train `method` on `examples` from the base at `base_path`; save to `out_dir`.
 
     `reuse`: the output folder of a finished run. When it was this very run (its
-    RUN_RECORD holds the same run fingerprint: base, examples, method, settings, adapter),
-    training is deterministic, so it is copied instead of trained again (the tune stage's
-    winning candidate is the train stage's first seed); otherwise it is ignored.
+    RUN_RECORD holds the same run fingerprint: base, examples, method, settings with the
+    seed, adapter), it is copied instead of trained again: training it again would give the
+    same weights up to floating-point summation order (the tune stage's winning candidate
+    is the train stage's first seed). Otherwise it is ignored.
 
     The base is loaded in `dtype` (float32, bfloat16 or float16) and trained in it; zFLoRA
     and LoRA keep their adapter parameters in float32 on a half-precision base, as PEFT
