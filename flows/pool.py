@@ -28,6 +28,7 @@ stages are in the run-cache and restore in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -258,6 +259,7 @@ def coordinate(
     )
     done: set[str] = set()
     running: dict[str, Any] = {}  # stage -> flow run
+    running_ids: dict[str, Any] = {}  # stage -> its last flow run's id
     attempts: dict[str, int] = {}
     timing: dict[str, dict[str, float]] = {}
     failed: tuple[str, str] | None = None
@@ -284,6 +286,7 @@ def coordinate(
                         timeout=0,
                         as_subflow=True,
                     )
+                    running_ids[name] = running[name].id
                     timing[name] = {"submitted": time.perf_counter() - start}
                     logger.info(f"submitted {name}")
             if not running:
@@ -310,26 +313,70 @@ def coordinate(
                     failed = failed or (name, (state.message or "failed").splitlines()[0])
                     logger.error(f"{name}: {failed[1]}; no stage that depends on it will start")
                 elif state.is_running():
-                    silent = _last_heartbeat(client, flow_run.id)
-                    started = current.start_time.timestamp() if current.start_time else time.time()
-                    quiet_for = silent if silent is not None else time.time() - started
-                    if quiet_for > HEARTBEAT_DEADLINE_S:
-                        client.set_flow_run_state(
-                            flow_run.id,
-                            Crashed(message=f"no heartbeat for {quiet_for:.0f} s: its worker is gone"),
-                            force=True,
-                        )
+                    gone = _gone(client, current)
+                    if gone:
+                        client.set_flow_run_state(flow_run.id, Crashed(message=gone), force=True)
+        if failed is None:
+            _worker_steps(client, running_ids, timing, start)
     if failed is not None:
         raise ZFLoRAError(f"stage {failed[0]} failed: {failed[1]}")
     finish = time.perf_counter()
     restore(services["remote"], overrides or {}, experiment)
-    return {
+    result = {
         "stages": todo.order,
         "commit": commit,
         "seconds": round(time.perf_counter() - start, 1),
         "restore_seconds": round(time.perf_counter() - finish, 1),
         "timing": timing,
     }
+    SUMMARY.parent.mkdir(parents=True, exist_ok=True)
+    SUMMARY.write_text(json.dumps(result, indent=2) + "\n")
+    logger.info(overhead_line(result))
+    return result
+
+
+SUMMARY = Path(".dvc") / "tmp" / "zflora-pool-run.json"  # the last pool run's timing (benchmarks read it)
+
+
+def _worker_steps(
+    client: Any, runs: dict[str, Any], timing: dict[str, dict[str, float]], start: float
+) -> None:
+    """Each stage's steps on its worker (its `stage-timing` artifact) and when it started."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    by_id = {str(run_id): name for name, run_id in runs.items()}
+    artifacts = client.read_artifacts(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(runs.values())))
+    )
+    for artifact in artifacts:
+        name = by_id.get(str(artifact.flow_run_id))
+        if name and artifact.key == "stage-timing":
+            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+            timing[name]["worker"] = {row["step"]: row["seconds"] for row in rows}
+    for name, run_id in runs.items():
+        started = client.read_flow_run(run_id).start_time
+        if started is not None:
+            timing[name]["started"] = started.timestamp() - time.time() + (time.perf_counter() - start)
+
+
+def overhead_line(result: dict[str, Any]) -> str:
+    """The coordinator's and workers' cost per stage, as medians over the run's stages."""
+    import statistics
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 2) if values else float("nan")
+
+    timing = result["timing"].values()
+    wait = [t["started"] - t["submitted"] for t in timing if "started" in t]
+    steps = {
+        step: median([t["worker"][step] for t in timing if "worker" in t])
+        for step in ("checkout", "pull", "run", "push")
+    }
+    return (
+        f"{len(result['stages'])} stages in {result['seconds']} s; per stage (median): submit to start {median(wait)} s, "
+        f"worker checkout {steps['checkout']} s, pull {steps['pull']} s, run {steps['run']} s, push {steps['push']} s; "
+        f"final restore {result['restore_seconds']} s"
+    )
 
 
 def restore(remote: str, overrides: dict[str, str], experiment: str | None) -> None:
@@ -425,4 +472,12 @@ def stage_flow(
     step("run")
     run(["dvc", "push", "--run-cache", "-r", REMOTE], cwd=workspace, env=env)
     step("push")
-    return {"stage": stage, "seconds": seconds, "worker": os.environ.get("ZFLORA_WORKER_NAME", "")}
+    from prefect.artifacts import create_table_artifact
+
+    worker = os.environ.get("ZFLORA_WORKER_NAME", "")
+    create_table_artifact(  # shown in the UI, and read back by the coordinator for its summary
+        table=[{"step": name, "seconds": value} for name, value in seconds.items()],
+        key="stage-timing",
+        description=f"{stage} on worker {worker or '?'}: seconds per step",
+    )
+    return {"stage": stage, "seconds": seconds, "worker": worker}
