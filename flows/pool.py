@@ -314,8 +314,8 @@ def coordinate(
                     logger.error(f"{name}: {failed[1]}; no stage that depends on it will start")
                 elif state.is_running():
                     gone = _gone(client, current)
-                    if gone:
-                        client.set_flow_run_state(flow_run.id, Crashed(message=gone), force=True)
+                    if gone:  # not forced: a run that completed meanwhile stays completed
+                        client.set_flow_run_state(flow_run.id, Crashed(message=gone), force=False)
         if failed is None:
             _worker_steps(client, running_ids, timing, start)
     if failed is not None:
