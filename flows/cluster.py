@@ -41,6 +41,7 @@ from pathlib import Path
 from zflora.errors import ZFLoRAError
 
 from . import mlflow_server, server
+from .private import private_folder, read_private, write_private
 
 POOL = "zflora"
 HOST = "127.0.0.1"
@@ -69,16 +70,16 @@ def read_state() -> dict:
 
 
 def _write_state(state: dict) -> None:
-    server._write_private(_state_path(), json.dumps(state, indent=2))
+    write_private(_state_path(), json.dumps(state, indent=2))
 
 
 def _secret(name: str) -> str:
     """A generated secret kept in `.cluster/secrets/<name>` (0600), the same on every `up`."""
-    folder = mlflow_server.private_folder(cluster_dir() / "secrets")
-    text = (mlflow_server._private_text(folder / name) or "").strip()
+    folder = private_folder(cluster_dir() / "secrets")
+    text = (read_private(folder / name) or "").strip()
     if len(text) < 24:
         text = secrets.token_urlsafe(24)
-        server._write_private(folder / name, text + "\n")
+        write_private(folder / name, text + "\n")
     return text
 
 
@@ -362,7 +363,7 @@ def up(workers: int) -> dict:
     env = {**os.environ, **client_env(state)}
     state.update(start_workers(state, workers, env))
     _write_state(state)
-    server._write_private(
+    write_private(
         folder / "env",
         "# source this file to use the cluster (python -m flows.pipeline --pool zflora)\n"
         + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in client_env(state).items()),

@@ -29,41 +29,13 @@ import argparse
 import os
 import secrets
 import shlex
-import stat
 import sys
 from pathlib import Path
 
+from .private import private_folder, read_private, write_private
+
 USER = "zflora"
 DEFAULT_PORT = 5000
-
-
-def _private_text(path: Path) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd) as handle:
-        st = os.fstat(fd)
-        return handle.read() if st.st_uid == os.getuid() and not st.st_mode & 0o077 else None
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def private_folder(folder: Path) -> Path:
-    """`folder`, created 0700; an existing one is made 0700 if it is this user's, refused otherwise."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PermissionError(f"{folder} is not a folder of this user's; remove it")
-    os.chmod(folder, 0o700)
-    return folder
 
 
 def login_path(folder: Path) -> Path:
@@ -73,7 +45,7 @@ def login_path(folder: Path) -> Path:
 def read_login(folder: Path) -> dict[str, str] | None:
     """MLFLOW_TRACKING_USERNAME / _PASSWORD from the folder's login file, if it is private and complete."""
     values = {}
-    for line in (_private_text(login_path(folder)) or "").splitlines():
+    for line in (read_private(login_path(folder)) or "").splitlines():
         for word in shlex.split(line, comments=True):
             key, _, value = word.partition("=")
             if key.startswith("MLFLOW_TRACKING_"):
@@ -91,12 +63,12 @@ def auth_env(folder: Path) -> dict[str, str]:
         password = secrets.token_urlsafe(24)
         login = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": password}
         (folder / "basic_auth.db").unlink(missing_ok=True)  # its admin has the old password
-        _write_private(
+        write_private(
             login_path(folder),
             "# MLflow's client login for this workspace's MLflow server: source it, then set MLFLOW_TRACKING_URI\n"
             + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in login.items()),
         )
-    _write_private(
+    write_private(
         folder / "auth.ini",
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
@@ -105,10 +77,10 @@ def auth_env(folder: Path) -> dict[str, str]:
         f"admin_password = {login['MLFLOW_TRACKING_PASSWORD']}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
     )
-    secret = (_private_text(folder / "secret_key") or "").strip()
+    secret = (read_private(folder / "secret_key") or "").strip()
     if len(secret) < 32:
         secret = secrets.token_hex(32)
-        _write_private(folder / "secret_key", secret + "\n")
+        write_private(folder / "secret_key", secret + "\n")
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str((folder / "auth.ini").resolve()),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secret,

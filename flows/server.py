@@ -41,6 +41,8 @@ from pathlib import Path
 
 from zflora.errors import ZFLoRAError
 
+from .private import read_private, write_private
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 PORT_TRIES = 20  # with the default port taken by someone else: 4201 ... 4220, then any free port
@@ -66,38 +68,13 @@ def _api_url(host: str, port: int) -> str:
 # ------------------------------------------------------------------ private files
 
 
-def _read_private(path: Path) -> str | None:
-    """The text of a file of this user's only (no symlink, owned by us, no group/other access)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd) as handle:
-        st = os.fstat(fd)
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            return None
-        return handle.read()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically a file only this user can read (created 0600, then renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def auth_string(create: bool = True) -> str | None:
     """This workspace's auth string (`zflora:<random>`), created on first use in a 0600 file.
 
     A file that is not private to this user (other owner, readable by others, a symlink)
     is never trusted: a new string replaces it.
     """
-    text = (_read_private(auth_path()) or "").strip()
+    text = (read_private(auth_path()) or "").strip()
     if text.startswith(f"{AUTH_USER}:") and len(text) > len(AUTH_USER) + 16:
         return text
     if not create:
@@ -105,15 +82,15 @@ def auth_string(create: bool = True) -> str | None:
     text = f"{AUTH_USER}:{secrets.token_urlsafe(32)}"
     with contextlib.suppress(FileNotFoundError):
         auth_path().unlink()
-    _write_private(auth_path(), text + "\n")
+    write_private(auth_path(), text + "\n")
     return text
 
 
 def recorded() -> dict | None:
     """The running server as recorded: Prefect's pid file plus our host and port; None if absent."""
     try:
-        state = json.loads(_read_private(_home() / STATE_FILE) or "null")
-        pid = int((_read_private(_home() / PID_FILE) or "").strip())
+        state = json.loads(read_private(_home() / STATE_FILE) or "null")
+        pid = int((read_private(_home() / PID_FILE) or "").strip())
         return {"pid": pid, "host": str(state["host"]), "port": int(state["port"]), "url": str(state["url"])}
     except (KeyError, TypeError, ValueError):
         return None
@@ -285,13 +262,13 @@ def start(quiet: bool = False, extra_env: dict[str, str] | None = None) -> str:
         url = _api_url(host, port)
         env = {**server_env(host, port, auth), **(extra_env or {})}
         started = _prefect("server", "start", "--background", "--host", host, "--port", str(port), env=env)
-        pid = (_read_private(_home() / PID_FILE) or "").strip()
+        pid = (read_private(_home() / PID_FILE) or "").strip()
         if started.returncode != 0 or not pid.isdigit():
             raise ZFLoRAError(
                 f"the local Prefect server did not start on port {port} ({_last_line(started)}); "
                 "free the port or set ZFLORA_PREFECT_PORT, or point PREFECT_API_URL at a running server"
             )
-        _write_private(_home() / STATE_FILE, json.dumps({"host": host, "port": port, "url": url}))
+        write_private(_home() / STATE_FILE, json.dumps({"host": host, "port": port, "url": url}))
         ready = _prefect(
             "server",
             "status",

@@ -304,9 +304,9 @@ def test_a_recorded_pid_that_does_not_own_the_port_is_not_trusted(foreign, tmp_p
     auth = server.auth_string()
     ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        server._write_private(tmp_path / server.PID_FILE, str(ours.pid))
+        server.write_private(tmp_path / server.PID_FILE, str(ours.pid))
         url = f"http://127.0.0.1:{foreign.port}/api"
-        server._write_private(
+        server.write_private(
             tmp_path / server.STATE_FILE, json.dumps({"host": "127.0.0.1", "port": foreign.port, "url": url})
         )
         state = server.recorded()
@@ -330,7 +330,7 @@ def test_a_pid_file_planted_by_another_owner_is_not_read(tmp_path, monkeypatch):
     from flows import server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
-    server._write_private(
+    server.write_private(
         tmp_path / server.STATE_FILE, json.dumps({"host": "127.0.0.1", "port": 1, "url": "u"})
     )
     (tmp_path / server.PID_FILE).write_text(str(os.getpid()))
