@@ -81,9 +81,10 @@ def as_nobody(*curl_args: str) -> int:
     return int(out.stdout or 0)
 
 
-@pytest.fixture
-def mlflow_ui(tmp_path):
-    """`make mlflow-ui` in a workspace whose store holds a registered model."""
+@pytest.fixture(scope="module")
+def mlflow_ui(tmp_path_factory):
+    """`make mlflow-ui` in a workspace whose store holds a registered model (one server for the module)."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-ui")
     workspace = tmp_path / "ws"
     workspace.mkdir()
     ids = make_registry(workspace)
