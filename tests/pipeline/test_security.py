@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, copy_project, stop_process, wait_for_deployments
+from .conftest import ROOT, copy_project, start_prefect_server, stop_process, wait_for_deployments
 
 OTHER_UID = 4242
 IS_ROOT = os.getuid() == 0
@@ -379,21 +379,11 @@ def listening_addresses(pid: int) -> set[str]:
 
 @pytest.mark.slow
 def test_the_prefect_server_listens_on_loopback_only(tmp_path):
-    from .conftest import free_port
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ZFLORA_"))}
-    port = free_port()
-    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), ZFLORA_PREFECT_PORT=str(port))
+    env.update(PREFECT_HOME=str(tmp_path / ".prefect"))
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "flows.server", "start"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr
+        start_prefect_server(env, ROOT)
+        port = int(env["ZFLORA_PREFECT_PORT"])
         pid = int((tmp_path / ".prefect" / "server.pid").read_text())
         assert listening_addresses(pid) == {f"127.0.0.1:{port}"}
     finally:
@@ -445,11 +435,7 @@ def served(tmp_path_factory):
     (fake_bin / "dvc").chmod(0o755)
     project.env["PATH"] = f"{fake_bin}{os.pathsep}{project.env['PATH']}"
     project.env["ZFLORA_WARM"] = "0"
-    url = (
-        project.run(sys.executable, "-m", "flows.server", "start", timeout=300)
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    url = start_prefect_server(project.env, project.root)
     serve_log = open(project.root / "serve.log", "w")  # noqa: SIM115
     serve = subprocess.Popen(  # no PREFECT_API_URL: it finds this workspace's server and auth string
         [sys.executable, "-m", "flows.serve"],
