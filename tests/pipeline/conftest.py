@@ -123,6 +123,22 @@ def start_prefect_server(env: dict[str, str], cwd: Path) -> str:
     return url
 
 
+def prefect_servers_of(home) -> list[int]:
+    """Pids of Prefect server processes whose PREFECT_HOME is `home`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"prefect.server" in cmdline and f"PREFECT_HOME={home}".encode() in environ:
+            found.append(int(entry))
+    return found
+
+
 @dataclass
 class Project:
     root: Path

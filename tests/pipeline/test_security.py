@@ -522,6 +522,29 @@ def test_a_ui_run_cannot_choose_the_model_run_its_code_or_inject_options(served)
     assert log.read_text().splitlines() == ["exp run --set-param adapter.r=8 train"]
 
 
+DEPLOYMENT_LIMITS = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+
+async def limits():
+    async with get_client() as client:
+        found = await client.read_deployments()
+        return {d.name: d.global_concurrency_limit and d.global_concurrency_limit.limit for d in found}
+
+print(json.dumps(asyncio.run(limits())))
+"""
+
+
+@pytest.mark.slow
+def test_every_served_deployment_runs_one_run_at_a_time(served):
+    """The server's view of what `flows.serve` served: every deployment, each with a concurrency limit of 1."""
+    from flows.layout import STAGES
+
+    out = served["project"].run(sys.executable, "-c", DEPLOYMENT_LIMITS, env=served["env"], timeout=120)
+    limits = json.loads(out.stdout.strip().splitlines()[-1])
+    assert limits == {name: 1 for name in ["pipeline", *(f"stage-{stage}" for stage in STAGES)]}
+
+
 def test_signals_reach_the_stages_whole_process_group():
     """Ctrl-C & co, relayed by the worker (`_signal_group`), reach the stage's subprocesses too."""
     from flows import warm
