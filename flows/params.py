@@ -315,31 +315,43 @@ class Params(Section):
         return self
 
     def stage_settings(self, stage: str) -> dict[str, Any]:
-        """What a stage reads from params, by DVC stage name: the train and evaluate flows
-        hand exactly this to their tasks, and tests/pipeline/test_params_reach.py proves
-        that every key reaches some stage and that dvc.yaml declares what each stage reads.
+        """What a stage reads from params, by DVC stage name: the train, tune and evaluate flows
+        hand exactly this to their tasks. Only the asked stage's settings are built, so a
+        stage reads no other stage's keys (tests/pipeline/test_params_reach.py records the
+        keys each stage reads, and checks that dvc.yaml declares them for that stage).
         `tracking.experiment` only names where every stage logs, so it is not a dependency.
         """
-        half = {"dtype": self.model.dtype, "trust_remote_code": self.model.trust_remote_code}
-        tune_train = self.train.model_copy(
-            update={"max_steps": self.tune.max_steps or self.train.max_steps, "seeds": 1}
-        )
-        stages: dict[str, dict[str, Any]] = {
-            "base": {"model": self.model},
-            "prepare": {"data": self.data},
-            "tune": {
+
+        def half() -> dict[str, Any]:
+            return {"dtype": self.model.dtype, "trust_remote_code": self.model.trust_remote_code}
+
+        def tune() -> dict[str, Any]:
+            tune_train = self.train.model_copy(
+                update={"max_steps": self.tune.max_steps or self.train.max_steps, "seeds": 1}
+            )
+            return {
                 "tune": self.tune.model_copy(update={"tasks": self.tune.tasks or self.data.tasks}),
                 "train": tune_train,
                 "adapter": self.adapter,
                 "evaluate": self.evaluate,
-                **half,
+                **half(),
+            }
+
+        stages: dict[str, Any] = {
+            "base": lambda: {"model": self.model},
+            "prepare": lambda: {"data": self.data},
+            "tune": tune,
+            "train": lambda: {
+                "train": self.train,
+                "adapter": self.adapter,
+                "per_task": self.tune.per_task,
+                **half(),
             },
-            "train": {"train": self.train, "adapter": self.adapter, "per_task": self.tune.per_task, **half},
-            "fuse": {"fuse": self.fuse, "tracking": self.tracking, "model": self.model},
-            "evaluate": {"evaluate": self.evaluate, **half},
-            "evaluate-base": {"evaluate": self.evaluate, **half},
-            "profile": {"profile": self.profile, "r": self.profile.r or self.adapter.r},
-            "report": {
+            "fuse": lambda: {"fuse": self.fuse, "tracking": self.tracking, "model": self.model},
+            "evaluate": lambda: {"evaluate": self.evaluate, **half()},
+            "evaluate-base": lambda: {"evaluate": self.evaluate, **half()},
+            "profile": lambda: {"profile": self.profile, "r": self.profile.r or self.adapter.r},
+            "report": lambda: {
                 "report": self.report,
                 "tasks": self.data.tasks,
                 "methods": self.train.methods,
@@ -348,7 +360,7 @@ class Params(Section):
                 "per_task": self.tune.per_task,
             },
         }
-        return stages[stage]
+        return stages[stage]()
 
     def registered_model_name(self, task: str) -> str:
         return f"{self.tracking.registry_prefix}-{self.model.label}-{task}"

@@ -5,31 +5,31 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .conftest import stop_process
+from .conftest import on_a_free_port, start_server, stop_process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pinged(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @contextlib.contextmanager
 def mlflow_serve(model_uri: str, env: dict[str, str], cwd: Path, timeout: float = 240) -> Iterator[str]:
     """Serve `model_uri` (`--env-manager local`) until the block ends; yields the base URL."""
-    port = free_port()
-    log = open(Path(cwd) / f"mlflow-serve-{port}.log", "w+")
-    server = subprocess.Popen(
-        [
+
+    def start(port: int) -> tuple[str, subprocess.Popen]:
+        url = f"http://127.0.0.1:{port}"
+        command = [
             shutil.which("mlflow", path=env["PATH"]),
             "models",
             "serve",
@@ -41,30 +41,15 @@ def mlflow_serve(model_uri: str, env: dict[str, str], cwd: Path, timeout: float 
             "127.0.0.1",
             "--port",
             str(port),
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+        ]
+        log = Path(cwd) / f"mlflow-serve-{port}.log"
+        return url, start_server(command, url, pinged, log, timeout, cwd=cwd, env=env)
+
+    url, server = on_a_free_port(start)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise AssertionError(f"mlflow models serve did not come up:\n{log.read()[-3000:]}")
-            time.sleep(1)
         yield url
     finally:
         stop_process(server)
-        log.close()
 
 
 def invoke(url: str, records: list[dict[str, Any]], max_new_tokens: int) -> tuple[int, Any]:

@@ -12,32 +12,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sqlite3
 import sys
 import time
 
 import pytest
 
-from .conftest import BIN, copy_project
+from .conftest import BIN, copy_project, prefect_servers_of
 
 pytestmark = pytest.mark.slow
-
-
-def prefect_servers_of(home) -> list[int]:
-    """Pids of Prefect server processes whose PREFECT_HOME is `home`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
-            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"prefect.server" in cmdline and f"PREFECT_HOME={home}".encode() in environ:
-            found.append(int(entry))
-    return found
 
 
 def test_two_queued_experiments_run_at_once_and_compare(tmp_path):

@@ -6,13 +6,11 @@ run stays intact.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 
 import pytest
@@ -67,35 +65,6 @@ def test_killed_training_resumes_from_its_last_checkpoint(project):
     assert manifest["resumed_from_step"] >= killed_at > 0
     assert manifest["steps"] == 400
     assert not checkpoints.exists()  # cleaned up after a finished run
-
-
-def test_a_second_pipeline_run_waits_for_the_first(project):
-    lock_path = project.root / ".dvc" / "tmp" / "zflora-pipeline.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a first run holds the workspace
-        second = subprocess.Popen(
-            ["python", "-m", "flows.pipeline", "--target", "report"],
-            cwd=project.root,
-            env=project.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(second.stdout), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 240
-        while not any("waiting for it to finish" in line for line in lines):  # it reached the lock
-            assert second.poll() is None, "".join(lines)[-3000:]
-            assert time.monotonic() < deadline, "the second run never reached the workspace lock"
-            time.sleep(0.2)
-        assert second.poll() is None  # and waits there while the first run holds it
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    second.wait(timeout=300)
-    reader.join(timeout=30)
-    output = "".join(lines)
-    assert second.returncode == 0, output[-3000:]
 
 
 def test_dvc_refuses_a_concurrent_command_in_the_same_workspace(project):

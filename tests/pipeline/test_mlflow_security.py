@@ -14,7 +14,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from .conftest import on_a_free_port, start_server
 
 IS_ROOT = os.getuid() == 0
 pytestmark = [
@@ -81,6 +80,14 @@ def as_nobody(*curl_args: str) -> int:
     return int(out.stdout or 0)
 
 
+def answers_health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def mlflow_ui(tmp_path_factory):
     """`make mlflow-ui` in a workspace whose store holds a registered model (one server for the module)."""
@@ -88,33 +95,28 @@ def mlflow_ui(tmp_path_factory):
     workspace = tmp_path / "ws"
     workspace.mkdir()
     ids = make_registry(workspace)
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
-    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flows.mlflow_server", "ui", "--port", str(port)],
-        cwd=workspace,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=5)
-            break
-        except (urllib.error.URLError, OSError):
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
-            time.sleep(1)
+
+    def start(port: int) -> tuple[int, str, subprocess.Popen]:
+        url = f"http://127.0.0.1:{port}"
+        server = start_server(
+            [sys.executable, "-m", "flows.mlflow_server", "ui", "--port", str(port)],
+            url,
+            answers_health,
+            tmp_path / f"ui-{port}.log",
+            cwd=workspace,
+            env=env,
+            start_new_session=True,
+        )
+        return port, url, server
+
+    port, url, server = on_a_free_port(start)
     try:
         yield {"workspace": workspace, "url": url, "pgid": server.pid, "port": port, **ids}
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
-        log.close()
 
 
 def owner_get(server: dict, path: str) -> tuple[int, dict]:

@@ -12,8 +12,6 @@ import time
 
 import pytest
 
-from .conftest import free_port
-
 pytestmark = pytest.mark.slow
 
 TASK = "embedded-math"
@@ -204,7 +202,7 @@ def test_mlflow_models_serve_answers_over_http(pipeline_run):
 
 
 def test_torchrun_trains_with_two_processes_through_the_stage_entry_point(pipeline_run, tmp_path):
-    """`torchrun --nproc_per_node 2` (gloo on CPU) through `python -m flows train`, like the DVC stage."""
+    """`torchrun --standalone --nproc_per_node 2` (gloo on CPU) through `python -m flows train`, like the DVC stage."""
     copy = tmp_path / "ddp"
     shutil.copytree(
         pipeline_run.root, copy, ignore=shutil.ignore_patterns(".prefect", "mlartifacts", "serve.log")
@@ -213,10 +211,9 @@ def test_torchrun_trains_with_two_processes_through_the_stage_entry_point(pipeli
     out = subprocess.run(
         [
             shutil.which("torchrun", path=env["PATH"]),
+            "--standalone",  # its rendezvous binds a port of the kernel's choosing: no port to race for
             "--nproc_per_node",
             "2",
-            "--master_port",
-            str(free_port()),
             "-m",
             "flows",
             "train",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, copy_project, stop_process, wait_for_deployments
+from .conftest import ROOT, copy_project, start_prefect_server, stop_process, wait_for_deployments
 
 OTHER_UID = 4242
 IS_ROOT = os.getuid() == 0
@@ -379,21 +379,11 @@ def listening_addresses(pid: int) -> set[str]:
 
 @pytest.mark.slow
 def test_the_prefect_server_listens_on_loopback_only(tmp_path):
-    from .conftest import free_port
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ZFLORA_"))}
-    port = free_port()
-    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), ZFLORA_PREFECT_PORT=str(port))
+    env.update(PREFECT_HOME=str(tmp_path / ".prefect"))
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "flows.server", "start"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr
+        start_prefect_server(env, ROOT)
+        port = int(env["ZFLORA_PREFECT_PORT"])
         pid = int((tmp_path / ".prefect" / "server.pid").read_text())
         assert listening_addresses(pid) == {f"127.0.0.1:{port}"}
     finally:
@@ -445,11 +435,7 @@ def served(tmp_path_factory):
     (fake_bin / "dvc").chmod(0o755)
     project.env["PATH"] = f"{fake_bin}{os.pathsep}{project.env['PATH']}"
     project.env["ZFLORA_WARM"] = "0"
-    url = (
-        project.run(sys.executable, "-m", "flows.server", "start", timeout=300)
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    url = start_prefect_server(project.env, project.root)
     serve_log = open(project.root / "serve.log", "w")  # noqa: SIM115
     serve = subprocess.Popen(  # no PREFECT_API_URL: it finds this workspace's server and auth string
         [sys.executable, "-m", "flows.serve"],
@@ -534,6 +520,29 @@ def test_a_ui_run_cannot_choose_the_model_run_its_code_or_inject_options(served)
     # only the allowed run reached DVC (the refused ones started no dvc process)
     assert results[-1]["state"] == "COMPLETED", results[-1]
     assert log.read_text().splitlines() == ["exp run --set-param adapter.r=8 train"]
+
+
+DEPLOYMENT_LIMITS = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+
+async def limits():
+    async with get_client() as client:
+        found = await client.read_deployments()
+        return {d.name: d.global_concurrency_limit and d.global_concurrency_limit.limit for d in found}
+
+print(json.dumps(asyncio.run(limits())))
+"""
+
+
+@pytest.mark.slow
+def test_every_served_deployment_runs_one_run_at_a_time(served):
+    """The server's view of what `flows.serve` served: every deployment, each with a concurrency limit of 1."""
+    from flows.layout import STAGES
+
+    out = served["project"].run(sys.executable, "-c", DEPLOYMENT_LIMITS, env=served["env"], timeout=120)
+    limits = json.loads(out.stdout.strip().splitlines()[-1])
+    assert limits == {name: 1 for name in ["pipeline", *(f"stage-{stage}" for stage in STAGES)]}
 
 
 def test_signals_reach_the_stages_whole_process_group():
