@@ -38,6 +38,7 @@ def tune_flow(params: Params, method: str) -> dict:
             str(WORK / "tune" / method),
             train=train.with_learning_rate(method, None),
             init_scales=tune_params.init_scales.get(method),
+            jobs=tune_params.jobs,
             **settings,
         )
     write_json(METRICS / "tune" / f"{method}.json", selection)

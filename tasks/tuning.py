@@ -29,6 +29,7 @@ def tune(
     dtype: str,
     trust_remote_code: bool,
     init_scales: list[float] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Write out_dir/selection.json: the selected learning rate (and init scale), overall and per
     task, and every candidate's validation scores."""
@@ -53,6 +54,7 @@ def tune(
             trust_remote_code=trust_remote_code,
             init_scales=init_scales,
             keep_dir=tmp,
+            jobs=jobs,
         )
         selection["tasks"] = list(data_dirs)
         write_json(tmp / SELECTION, selection)

@@ -99,6 +99,39 @@ def test_learning_rate_selection_reads_validation_and_skips_diverged_candidates(
     assert "diverged" in capsys.readouterr().out
 
 
+def test_trials_in_parallel_processes_select_what_one_process_selects(model_dir, tmp_path):
+    """tune.jobs: the candidate x task trials run in spawned workers; scores, the selection and
+    the kept runs are those of the serial loop."""
+    tasks = ("embedded-math", "embedded-commonsense")
+    data = {}
+    for name in tasks:
+        pool = get_task(name).load("train", n=12, seed=0)
+        data[name] = (pool[:8], pool[8:])
+    settings = TrainSettings(max_steps=3, batch_size=4, save_steps=100)
+    results = {}
+    for jobs in (1, 2):
+        results[jobs] = select_learning_rate(
+            model_dir,
+            "zflora",
+            [1e-3, 3e-2],
+            data,
+            settings,
+            evaluate=EvaluateSettings(max_new_tokens=8),
+            work_dir=tmp_path / f"work{jobs}",
+            progress=False,
+            keep_dir=tmp_path / f"keep{jobs}",
+            jobs=jobs,
+        )
+    assert results[2] == results[1]
+    assert set(results[1]["scores"]) == {"0.001", "0.03"}
+    kept = {
+        j: sorted(str(p.relative_to(tmp_path / f"keep{j}")) for p in (tmp_path / f"keep{j}").glob("*/*"))
+        for j in (1, 2)
+    }
+    assert kept[2] == kept[1] and kept[1], kept
+    assert not (tmp_path / "work2").exists()
+
+
 # validation scores (percent) by task and learning rate: 3e-3 and 1e-2 tie on the mean (55.0), above
 # the rest; 1e-3 is the best on the first task alone and 3e-2 would win if it had not diverged
 SCORES = {

@@ -52,6 +52,7 @@ def select_learning_rate(
     progress: bool = True,
     init_scales: list[float] | None = None,
     keep_dir: str | Path | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train `method` at each candidate learning rate (x each of `init_scales`, zFLoRA's
     readers' initial std, when given) on every task of `data` ({task: (train examples,
@@ -64,6 +65,11 @@ def select_learning_rate(
     with `keep_dir`, each task's chosen candidates (its own best and the best mean) move to
     `keep_dir/<label>/<task>`: the train stage's first seed is that very run (see
     train_method's `reuse`).
+
+    `jobs` > 1 runs that many trials (candidate x task) at once in worker processes, the
+    torch threads split between them: on small models on CPU, where one trial cannot keep
+    several cores busy, that is nearly `jobs` times faster. Results are the same up to
+    floating-point summation order.
     """
     check_trainable(method)
     if not candidates:
@@ -93,46 +99,36 @@ def select_learning_rate(
         )
     evaluate = evaluate or EvaluateSettings()
     work_dir = Path(work_dir)
+    common = dict(
+        base_path=str(base_path), method=method, settings=settings, adapter=adapter, evaluate=evaluate,
+        work_dir=str(work_dir), dtype=dtype, trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+    if jobs > 1:
+        outcomes = _run_parallel(grid, data, common, jobs, progress)
+    else:
+        outcomes = {}
+        for rate, scale in grid:
+            for task_name in data:  # a diverged candidate skips its remaining tasks
+                outcome = _trial(rate, scale, task_name, data[task_name], progress=progress, **common)
+                outcomes[(rate, scale, task_name)] = outcome
+                if isinstance(outcome, str):
+                    break
     best: tuple[float, float, float | None] | None = None  # (mean score, learning rate, init scale)
     best_per_task: dict[str, dict[str, Any]] = {}
     for rate, scale in grid:
         label = candidate_label(rate, scale)
-        per_task: dict[str, float] = {}
-        trial = settings.model_copy(update={"learning_rates": {**settings.learning_rates, method: rate}})
-        shape = adapter if scale is None else adapter.model_copy(update={"init_scale": scale})
-        for task_name, (train, validation) in data.items():
-            out = work_dir / f"lr-{label}" / task_name
-            try:
-                train_method(
-                    base_path,
-                    train,
-                    out,
-                    method,
-                    settings=trial,
-                    adapter=shape,
-                    dtype=dtype,
-                    work_dir=out.with_name(f".{task_name}.checkpoints"),
-                    progress=progress,
-                    trust_remote_code=trust_remote_code,
-                )
-            except TrainingDiverged as e:
-                print(f"{method} at {label} on {task_name}: {e}")
-                result["diverged"].append(label)
-                break
-            spec = get_task(task_name)
-            ((model, tokenizer),) = build_variants(
-                method, base_path, out, dtype, trust_remote_code, all_forms=False
-            ).values()
-            metrics, _ = evaluate_examples(
-                model, tokenizer, spec, validation, evaluate.batch_size, evaluate.max_new_tokens, progress
-            )
-            per_task[task_name] = round(headline_score(metrics, spec.metric), 2)
-            del model
-        if keep_dir is None or label in result["diverged"]:
+        found = [(task, outcomes.get((rate, scale, task))) for task in data]
+        diverged = [(task, o) for task, o in found if isinstance(o, str)]
+        if diverged:
+            task_name, why = diverged[0]
+            print(f"{method} at {label} on {task_name}: {why}")
+            result["diverged"].append(label)
+        if keep_dir is None or diverged:
             shutil.rmtree(work_dir / f"lr-{label}", ignore_errors=True)
-        if label in result["diverged"]:
+        if diverged:
             result["scores"][label] = {"mean": None}
             continue
+        per_task: dict[str, float] = {task: float(score) for task, score in found}  # type: ignore[arg-type]
         mean = sum(per_task.values()) / len(per_task)
         result["scores"][label] = {**per_task, "mean": round(mean, 2)}
         print(f"{method} at {label}: validation {per_task} (mean {mean:.1f})")
@@ -158,3 +154,103 @@ def select_learning_rate(
                     shutil.copytree(work_dir / f"lr-{label}" / task_name, kept)
         shutil.rmtree(work_dir, ignore_errors=True)
     return {**result, "learning_rate": best[1], "init_scale": best[2], "per_task": best_per_task}
+
+
+def _trial(
+    rate: float,
+    scale: float | None,
+    task_name: str,
+    examples: tuple[list[Any], list[Any]],
+    *,
+    base_path: str,
+    method: str,
+    settings: TrainSettings,
+    adapter: AdapterSettings,
+    evaluate: EvaluateSettings,
+    work_dir: str,
+    dtype: str,
+    trust_remote_code: bool,
+    progress: bool,
+) -> float | str:
+    """Train one candidate on one task and score it on the task's validation examples: the
+    score, or why training diverged."""
+    label = candidate_label(rate, scale)
+    train, validation = examples
+    trial = settings.model_copy(update={"learning_rates": {**settings.learning_rates, method: rate}})
+    shape = adapter if scale is None else adapter.model_copy(update={"init_scale": scale})
+    out = Path(work_dir) / f"lr-{label}" / task_name
+    try:
+        train_method(
+            base_path,
+            train,
+            out,
+            method,
+            settings=trial,
+            adapter=shape,
+            dtype=dtype,
+            work_dir=out.with_name(f".{task_name}.checkpoints"),
+            progress=progress,
+            trust_remote_code=trust_remote_code,
+        )
+    except TrainingDiverged as e:
+        return str(e)
+    spec = get_task(task_name)
+    ((model, tokenizer),) = build_variants(
+        method, base_path, out, dtype, trust_remote_code, all_forms=False
+    ).values()
+    metrics, _ = evaluate_examples(
+        model, tokenizer, spec, validation, evaluate.batch_size, evaluate.max_new_tokens, progress
+    )
+    return round(headline_score(metrics, spec.metric), 2)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_parallel(
+    grid: list[tuple[float, float | None]],
+    data: dict[str, tuple[list[Any], list[Any]]],
+    common: dict[str, Any],
+    jobs: int,
+    progress: bool,
+) -> dict[tuple[float, float | None, str], float | str]:
+    """Every trial of the grid in `jobs` worker processes (spawned: the caller may hold
+    threads), each with its share of the torch threads."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from tqdm.auto import tqdm
+
+    trials = [(rate, scale, task) for rate, scale in grid for task in data]
+    jobs = min(jobs, len(trials))
+    threads = max(1, torch.get_num_threads() // jobs)
+    outcomes: dict[tuple[float, float | None, str], float | str] = {}
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+    )
+    try:
+        futures = {
+            pool.submit(_trial, rate, scale, task, data[task], progress=False, **common): (rate, scale, task)
+            for rate, scale, task in trials
+        }
+        bar = tqdm(
+            total=len(trials),
+            desc=f"tune {common['method']} ({jobs} at once)",
+            unit="trial",
+            disable=not progress,
+        )
+        for future in as_completed(futures):
+            rate, scale, task = futures[future]
+            outcomes[(rate, scale, task)] = future.result()
+            bar.set_postfix_str(f"{task} at {candidate_label(rate, scale)}: {outcomes[(rate, scale, task)]}")
+            bar.update()
+        bar.close()
+    except BaseException:  # a failed trial or an interrupt: start nothing more
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return outcomes
