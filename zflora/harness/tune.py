@@ -206,8 +206,10 @@ def _trial(
 
 def _worker_init(threads: int) -> None:
     import torch
+    from transformers.utils import logging
 
     torch.set_num_threads(threads)
+    logging.disable_progress_bar()  # the parent's bar counts the trials
 
 
 def _run_parallel(
