@@ -40,11 +40,16 @@ run: install
 demo: install
 	$(BIN)/python -m zflora.harness.demo --out demo_out
 
+# Tests run in TEST_WORKERS processes (pytest-xdist). The end-to-end tests that share the
+# pipeline run stay together on one worker (xdist_group "pipeline"), the work-pool tests on
+# another ("pool"); the rest are spread over both. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

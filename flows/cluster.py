@@ -325,6 +325,8 @@ def start_workers(state: dict, workers: int, env: dict[str, str]) -> dict:
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": os.environ.get(
                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30"
             ),  # Prefect's minimum
+            # how often a worker asks for work (Prefect's default, 10 s, is most of a small stage's wait)
+            "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
         }
         cmd = [
             sys.executable,

@@ -46,7 +46,7 @@ from .stage import user_errors_fail
 
 DEPLOYMENT = "zflora-stage/stage"
 REMOTE = "zflora-pool"  # the DVC remote's name in each workspace's .dvc/config.local
-POLL_S = 2.0
+POLL_S = 1.0
 HEARTBEAT_DEADLINE_S = float(
     os.environ.get("ZFLORA_HEARTBEAT_DEADLINE_S", "100")
 )  # 3 missed beats (30 s apart)

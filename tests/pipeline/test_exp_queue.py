@@ -21,13 +21,14 @@ import pytest
 from .conftest import BIN, copy_project, prefect_servers_of
 
 pytestmark = pytest.mark.slow
+TARGET = "evaluate@embedded-math-zflora"
 
 
 def test_two_queued_experiments_run_at_once_and_compare(tmp_path):
     project = copy_project(tmp_path / "ws")
     dvc = str(BIN / "dvc")
-    for rank in (8, 2):
-        project.run(dvc, "exp", "run", "--queue", "-S", f"adapter.r={rank}", "-q", timeout=300)
+    for rank in (8, 2):  # up to one evaluate stage: base, prepare, tune, train, evaluate (5 of the 13 stages)
+        project.run(dvc, "exp", "run", "--queue", "-S", f"adapter.r={rank}", "-q", TARGET, timeout=300)
     project.run(dvc, "queue", "start", "--jobs", "2", timeout=300)
     deadline = time.monotonic() + 1500
     while True:
@@ -64,7 +65,7 @@ def test_two_queued_experiments_run_at_once_and_compare(tmp_path):
             tagged = dict(
                 db.execute("SELECT value, COUNT(*) FROM tags WHERE key = 'dvc_experiment' GROUP BY value")
             )
-        assert set(tagged) == set(experiments) and all(count >= 10 for count in tagged.values()), tagged
+        assert set(tagged) == set(experiments) and all(count >= 5 for count in tagged.values()), tagged
         # one Prefect server served both: the workspace's, which `make stop` stops
         home = project.root / ".prefect"
         assert (home / "server.pid").is_file()

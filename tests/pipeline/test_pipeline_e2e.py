@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # shares pipeline_run
 
 TASK = "embedded-math"
 MODEL = f"zflora-tiny-{TASK}"
@@ -135,9 +135,21 @@ def test_registered_versions_hold_code_and_safetensors_not_pickles(pipeline_run)
 
 
 def generate(project, model: str, prompt: str, *extra: str) -> str:
-    return project.run(
-        "zflora", "generate", "--model", model, "--prompt", prompt, "--max-new-tokens", "12", *extra
-    ).stdout.strip()
+    """`zflora generate` in the project. A model folder is read in this process (a subprocess
+    only adds the interpreter's start; the console script itself: tests/test_cli.py), a
+    registry URI through the console script, as a user runs it."""
+    argv = ["generate", "--model", model, "--prompt", prompt, "--max-new-tokens", "12", *extra]
+    if model.startswith("models:/"):
+        return project.run("zflora", *argv).stdout.strip()
+    import contextlib
+    import io
+
+    from zflora.cli import main
+
+    out = io.StringIO()
+    with contextlib.chdir(project.root), contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue().strip()
 
 
 def test_generate_from_the_registry(pipeline_run):
