@@ -40,16 +40,15 @@ run: install
 demo: install
 	$(BIN)/python -m zflora.harness.demo --out demo_out
 
-# Tests run in TEST_WORKERS processes (pytest-xdist). The end-to-end tests that share the
-# pipeline run stay together on one worker (xdist_group "pipeline"), the work-pool tests on
-# another ("pool"); the rest are spread over both. TEST_WORKERS=0 runs them in one process.
+# Tests run in TEST_WORKERS processes (pytest-xdist; tests/conftest.py keeps the tests that
+# share a pipeline run together). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,6 +7,33 @@ import os
 import pytest
 import torch
 
+
+# `make test` runs the tests in two processes (pytest-xdist). Each process builds the session
+# fixtures its tests use, so the tests that share the smoke pipeline run stay together, and
+# the work-pool tests (their own cluster and serial reference run) are another unit; every
+# other test is a unit of its own, handed to whichever process is free. (xdist's
+# `--dist loadgroup` marks do not group under pytest 9.2: pytest-dev/pytest-xdist#1386.)
+TEST_UNITS = {
+    "tests/pipeline/test_pool.py": "pool",
+    **{
+        f"tests/pipeline/{name}.py": "pipeline"
+        for name in ("test_pipeline_e2e", "test_interruptions", "test_warm", "test_dvc_deps")
+    },
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Units(LoadScopeScheduling):
+        """Largest unit first (xdist's default order for scopes), so the two big ones start at once."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return TEST_UNITS.get(nodeid.split("::", 1)[0], nodeid)
+
+    return Units(config, log)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

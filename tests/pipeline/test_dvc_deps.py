@@ -137,7 +137,6 @@ def changed_stages(project, *edits: str) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pipeline")
 def test_editing_a_file_reruns_exactly_the_stages_that_import_it(pipeline_run):
     project = pipeline_run
     assert changed_stages(project) == set()  # the run is complete: nothing to do

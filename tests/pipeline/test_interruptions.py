@@ -20,7 +20,7 @@ from zflora.harness.train import checkpoint_step, last_complete_checkpoint
 
 from .conftest import Project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # shares pipeline_run
+pytestmark = pytest.mark.slow
 TASK = "embedded-math"
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]  # shares pipeline_run
+pytestmark = pytest.mark.slow
 
 TASK = "embedded-math"
 MODEL = f"zflora-tiny-{TASK}"

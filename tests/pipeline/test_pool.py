@@ -29,7 +29,7 @@ import pytest
 
 from .conftest import BIN, ROOT, copy_project
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pool")]  # one cluster for the module
+pytestmark = pytest.mark.slow
 OVERRIDE = ["-S", "evaluate.batch_size=4"]  # what the serial pipeline_run fixture sets
 
 

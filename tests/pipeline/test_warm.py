@@ -71,7 +71,6 @@ def test_a_declined_request_starts_no_second_worker(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pipeline")
 def test_a_stage_in_the_warm_worker_is_the_stage_in_its_own_process(project):
     local = project.run(
         sys.executable, "-m", "flows", "prepare", "--help", env={**project.env, "ZFLORA_WARM": "0"}
@@ -96,7 +95,6 @@ def test_a_stage_in_the_warm_worker_is_the_stage_in_its_own_process(project):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pipeline")
 def test_edited_code_is_never_served_by_an_old_worker(project):
     project.run(sys.executable, "-m", "flows", "prepare", "--help")
     first = wait_for_worker(project).split()[3].rstrip(":")
@@ -170,7 +168,6 @@ def stage_err(project: Project) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pipeline")
 def test_killing_the_stage_process_kills_the_stage_and_what_it_started(project):
     stage = long_training(project)
     grandchildren = started_subprocesses(project)
@@ -186,7 +183,6 @@ def test_killing_the_stage_process_kills_the_stage_and_what_it_started(project):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pipeline")
 def test_killing_the_worker_mid_stage_kills_the_stage(project):
     """SIGKILL to the worker: its child dies with it (PR_SET_PDEATHSIG), the stage process
     kills the child's process group and fails with one line; nothing keeps writing."""
