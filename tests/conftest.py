@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-
 # `make test` runs the tests in two processes (pytest-xdist). Each process builds the session
 # fixtures its tests use, so the tests that share the smoke pipeline run stay together, and
 # the work-pool tests (their own cluster and serial reference run) are another unit; every
