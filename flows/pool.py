@@ -215,11 +215,21 @@ def _last_heartbeat(client: Any, run_id: Any) -> float | None:
     return (now - occurred).total_seconds()
 
 
+def _running(pid: int) -> bool:
+    """Whether a process on this host runs: exists and is not a zombie (killed with its
+    parent, it waits for an init that may never reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _gone(client: Any, flow_run: Any) -> str | None:
     """Why a RUNNING flow run's worker is gone, or None while it lives: its process, when it ran on
     this host and has exited; else no heartbeat for HEARTBEAT_DEADLINE_S."""
     host, _, pid = (flow_run.infrastructure_pid or "").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
         return f"its process {pid} on this host is gone"
     silent = _last_heartbeat(client, flow_run.id)
     started = flow_run.start_time.timestamp() if flow_run.start_time else time.time()

@@ -33,6 +33,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     return Units(config, log)
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -62,7 +62,13 @@ def port_taken(output: str) -> bool:
     text = output.lower()
     return any(
         words in text
-        for words in ("address already in use", "connection in use", "already in use", "is in use by")
+        for words in (
+            "address already in use",
+            "connection in use",
+            "already in use",
+            "is in use by",
+            "did not come up as this workspace's",  # another process's server answered on that port
+        )
     )
 
 

@@ -64,7 +64,7 @@ train: {methods: [lora, zflora], seeds: 2, epochs: 2.0, max_steps: 1, batch_size
         lr_scheduler: linear, seed: 5, save_steps: 7, logging_steps: 3,
         gradient_checkpointing: true}
 tune: {learning_rates: {zflora: [0.01, 0.02]}, init_scales: {}, max_steps: 2,
-       tasks: [embedded-math], per_task: false}
+       tasks: [embedded-math], per_task: false, jobs: 2}
 fuse: {pad_multiple: 4, register_model: true}
 evaluate: {batch_size: 3, max_new_tokens: 2, limit: 1}
 profile: {targets: [base, tiny], layers: 1, r: 3, dtype: float32, device: cpu,
