@@ -228,7 +228,12 @@ def _running(pid: int) -> bool:
 def _gone(client: Any, flow_run: Any) -> str | None:
     """Why a RUNNING flow run's worker is gone, or None while it lives: its process, when it ran on
     this host and has exited; else no heartbeat for HEARTBEAT_DEADLINE_S."""
-    host, _, pid = (flow_run.infrastructure_pid or "").rpartition(":")
+    # where the stage runs: the tags it set itself (`_where_i_run`); else the infrastructure
+    # id, which names the host only for some worker types ("host:pid")
+    where = dict(tag.split(":", 1) for tag in flow_run.tags if tag.startswith(("host:", "pid:")))
+    if "pid" not in where:
+        where["host"], _, where["pid"] = (flow_run.infrastructure_pid or "").rpartition(":")
+    host, pid = where.get("host"), where["pid"]
     if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
         return f"its process {pid} on this host is gone"
     silent = _last_heartbeat(client, flow_run.id)
@@ -421,6 +426,18 @@ def restore(remote: str, overrides: dict[str, str], experiment: str | None) -> N
 # ------------------------------------------------------------------------ the worker
 
 
+def _where_i_run() -> None:
+    """Tag this flow run with its host and process, so a coordinator on the same host sees at
+    once when the process is gone (a process worker's infrastructure id is a bare pid)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run as current
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(current.id)
+        tags = [t for t in run.tags if not t.startswith(("host:", "pid:"))]
+        client.update_flow_run(current.id, tags=[*tags, f"host:{socket.gethostname()}", f"pid:{os.getpid()}"])
+
+
 @flow(name="zflora-stage", log_prints=True)
 @user_errors_fail
 def stage_flow(
@@ -428,6 +445,7 @@ def stage_flow(
 ) -> dict:
     """One DVC stage in this worker's workspace; returns how long each step took."""
     logger = get_run_logger()
+    _where_i_run()
     workspace = Path(os.environ.get("ZFLORA_WORKSPACE") or "")
     if not workspace.is_absolute():
         raise ZFLoRAError(
