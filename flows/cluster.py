@@ -373,18 +373,32 @@ def up(workers: int) -> dict:
     return state
 
 
-def down() -> list[str]:
-    state = read_state()
-    stopped = []
-    for name, pid in (state.get("workers") or {}).items():
+def _terminate(pids: list[int], grace_s: float = 20.0) -> None:
+    """SIGTERM to each process group; SIGKILL to those still alive after `grace_s` (a worker
+    can hang retrying a server that is already gone)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in pids:
         if _alive(pid):
             with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGKILL)
+
+
+def down() -> list[str]:
+    state = read_state()
+    stopped, pids = [], []
+    for name, pid in (state.get("workers") or {}).items():
+        if _alive(pid):
+            pids.append(pid)
             stopped.append(f"worker {name}")
     if _alive(state.get("mlflow_pid")):
-        with contextlib.suppress(OSError):
-            os.killpg(state["mlflow_pid"], signal.SIGTERM)
+        pids.append(state["mlflow_pid"])
         stopped.append("mlflow")
+    _terminate(pids)
     with _prefect_home():
         if server.stop():
             stopped.append("prefect")
